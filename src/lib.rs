@@ -1,0 +1,26 @@
+//! helix-wal: a crash-safe, segmented, checksummed write-ahead log for Raft-based systems.
+//!
+//! The crate has two layers with a clean line between them:
+//!
+//! * the log (`Wal`, `BufferedWal`): entries, segments, recovery, truncation and purge;
+//! * storage backends behind the [`Storage`] / [`StorageFile`] traits: [`TokioStorage`] (portable
+//!   default), `SimulatedStorage` (in memory, deterministic faults and crashes) and, with the
+//!   `io-uring` feature on Linux, the io_uring backend.
+//!
+//! Durability is the product: no entry is reported durable before a successful fsync covers it,
+//! and after a failed write or fsync the log refuses further writes.
+#![warn(missing_docs)]
+
+mod error;
+mod format;
+mod limits;
+mod storage;
+
+pub use error::{WalError, WalResult};
+pub use format::Entry;
+pub use storage::{create_storage, Storage, StorageFile, TokioStorage};
+
+/// Limits and defaults, as named constants.
+pub mod constants {
+    pub use crate::limits::*;
+}

@@ -1,0 +1,83 @@
+//! Every limit of the crate, in one place, with the reason for its value.
+//!
+//! Relations between limits are checked at compile time so that a change to one cannot silently
+//! break another.
+
+/// Size of the segment header block in bytes. The header itself is far smaller; the block is a
+/// whole 4 KiB page so that records start page-aligned, which direct I/O (O_DIRECT) needs.
+pub const SEGMENT_HEADER_SIZE_BYTES: usize = 4096;
+
+/// Size of a record header in bytes (see docs/FORMAT.md).
+pub const RECORD_HEADER_SIZE_BYTES: usize = 32;
+
+/// Records start at multiples of this alignment, so headers never straddle it and a scan for
+/// records after damage only has to look at aligned offsets.
+pub const RECORD_ALIGNMENT_BYTES: usize = 8;
+
+/// Default maximum payload of one entry: 1 MiB.
+pub const DEFAULT_MAX_ENTRY_SIZE_BYTES: usize = 1 << 20;
+
+/// Hard maximum payload of one entry: 64 MiB. `max_entry_size_bytes` may not exceed it, so a
+/// corrupt length field can never make a reader allocate more than this.
+pub const HARD_MAX_ENTRY_SIZE_BYTES: usize = 64 << 20;
+
+/// Default target size of a segment file: 64 MiB.
+pub const DEFAULT_SEGMENT_SIZE_BYTES: u64 = 64 << 20;
+
+/// Smallest accepted segment size: 64 KiB (tests use small segments to exercise rotation).
+pub const MIN_SEGMENT_SIZE_BYTES: u64 = 64 << 10;
+
+/// Largest accepted segment size: 1 GiB. Offsets inside a segment fit in a `u32` index entry.
+pub const MAX_SEGMENT_SIZE_BYTES: u64 = 1 << 30;
+
+/// Size of the chunks recovery reads segments in: large sequential reads keep recovery at
+/// disk or memory bandwidth.
+pub const RECOVERY_READ_CHUNK_BYTES: usize = 4 << 20;
+
+/// Size of the zero-filled buffer used to pre-write new segments.
+pub const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
+
+/// Default interval between group commits of `BufferedWal`: 10 ms.
+pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 10;
+
+/// Largest accepted flush interval: 10 s. Longer intervals leave too much acknowledged-but-not-
+/// durable data behind and are almost certainly a unit mistake.
+pub const MAX_FLUSH_INTERVAL_MS: u64 = 10_000;
+
+/// Default number of buffered entries that triggers a flush before the interval elapses.
+pub const DEFAULT_MAX_BUFFERED_ENTRIES: usize = 4096;
+
+/// Default number of buffered payload bytes that triggers a flush: 4 MiB.
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 4 << 20;
+
+/// Upper bound for `max_buffered_entries`; the buffer is allocated for this many entries at most.
+pub const HARD_MAX_BUFFERED_ENTRIES: usize = 1 << 20;
+
+/// Upper bound for `max_buffered_bytes`: 1 GiB.
+pub const HARD_MAX_BUFFERED_BYTES: usize = 1 << 30;
+
+/// Largest `max_bytes` a single `read_range` call may ask for: 256 MiB.
+pub const HARD_MAX_READ_RANGE_BYTES: usize = 256 << 20;
+
+const _: () = assert!(SEGMENT_HEADER_SIZE_BYTES % RECORD_ALIGNMENT_BYTES == 0);
+const _: () = assert!(RECORD_HEADER_SIZE_BYTES % RECORD_ALIGNMENT_BYTES == 0);
+const _: () = assert!(DEFAULT_MAX_ENTRY_SIZE_BYTES <= HARD_MAX_ENTRY_SIZE_BYTES);
+// The default segment holds many maximum-size entries.
+const _: () = assert!(
+    DEFAULT_SEGMENT_SIZE_BYTES
+        >= (SEGMENT_HEADER_SIZE_BYTES + 16 * (RECORD_HEADER_SIZE_BYTES + DEFAULT_MAX_ENTRY_SIZE_BYTES))
+            as u64
+);
+const _: () = assert!(MIN_SEGMENT_SIZE_BYTES <= DEFAULT_SEGMENT_SIZE_BYTES);
+const _: () = assert!(DEFAULT_SEGMENT_SIZE_BYTES <= MAX_SEGMENT_SIZE_BYTES);
+// In-segment offsets are stored as u32.
+const _: () = assert!(MAX_SEGMENT_SIZE_BYTES <= u32::MAX as u64);
+// The largest record, even with the hard maximum payload, fits in the largest segment.
+const _: () = assert!(
+    (SEGMENT_HEADER_SIZE_BYTES + RECORD_HEADER_SIZE_BYTES + HARD_MAX_ENTRY_SIZE_BYTES) as u64
+        <= MAX_SEGMENT_SIZE_BYTES
+);
+const _: () = assert!(DEFAULT_FLUSH_INTERVAL_MS <= MAX_FLUSH_INTERVAL_MS);
+const _: () = assert!(DEFAULT_MAX_BUFFERED_ENTRIES <= HARD_MAX_BUFFERED_ENTRIES);
+const _: () = assert!(DEFAULT_MAX_BUFFERED_BYTES <= HARD_MAX_BUFFERED_BYTES);
+const _: () = assert!(HARD_MAX_ENTRY_SIZE_BYTES <= HARD_MAX_READ_RANGE_BYTES);

@@ -1,0 +1,147 @@
+//! The storage layer: the only way the log touches files.
+//!
+//! The log (entries, segments, recovery) talks to storage exclusively through [`Storage`] and
+//! [`StorageFile`]; backends know nothing about entries. Every backend passes one conformance
+//! suite (`tests/storage_conformance.rs`).
+//!
+//! # The contract every backend keeps
+//!
+//! * **Durability.** Once [`StorageFile::sync`] returns `Ok`, every write to that file that
+//!   *completed* before `sync` was *called* survives a crash (power loss included). Writes that
+//!   had not completed, or were issued after the call, may or may not survive, wholly or in part
+//!   (at sector granularity, in any subset). Creating, removing or renaming a file is durable only
+//!   after [`Storage::sync_dir`] on its parent directory returns `Ok`.
+//! * **Whole writes.** [`StorageFile::write_at`] writes all of `data` or returns an error; a
+//!   short write by the OS is continued internally, never reported as success.
+//! * **Short reads only at the end.** [`StorageFile::read_at`] returns exactly `len` bytes, or
+//!   fewer only when the file ends before `offset + len` (then it returns what exists, possibly
+//!   nothing). It never returns fewer bytes for any other reason.
+//! * **Errors poison writes.** After a write, `set_len` or sync of a file fails, every later
+//!   write, `set_len` and sync of that file returns [`WalError::Poisoned`](crate::WalError)
+//!   naming the first failure. A failed fsync is never retried: the kernel may have dropped the
+//!   dirty pages and marked them clean, so a retry could report success for lost data. Reads keep
+//!   working.
+//! * **Concurrency.** All methods take `&self` and may be called from many tasks at once.
+//!   Writes to disjoint ranges do not interfere; the order of concurrent writes to overlapping
+//!   ranges is unspecified.
+
+use std::fmt::Debug;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::WalResult;
+
+mod tokio_storage;
+
+pub use tokio_storage::TokioStorage;
+
+/// A file system as the log sees it. Object safe: the log holds `Arc<dyn Storage>` or a concrete
+/// backend.
+#[async_trait]
+pub trait Storage: Send + Sync + Debug + 'static {
+    /// A short, stable name of the backend for logs and reports, e.g. `"tokio"`.
+    fn name(&self) -> &'static str;
+
+    /// Opens the file at `path` for reading and writing, creating it empty if it does not exist.
+    /// The creation is durable only after [`Storage::sync_dir`] of the parent.
+    async fn open(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>>;
+
+    /// True if a file or directory exists at `path`.
+    async fn exists(&self, path: &Path) -> WalResult<bool>;
+
+    /// The entries of directory `dir` (files and subdirectories), as full paths sorted by file
+    /// name. Fails if `dir` does not exist.
+    async fn list(&self, dir: &Path) -> WalResult<Vec<PathBuf>>;
+
+    /// True if `path` is a directory.
+    async fn is_dir(&self, path: &Path) -> WalResult<bool>;
+
+    /// Removes the file at `path`. Durable after [`Storage::sync_dir`] of the parent.
+    async fn remove(&self, path: &Path) -> WalResult<()>;
+
+    /// Renames `from` to `to`, replacing `to` if it exists. Atomic: after a crash the file
+    /// is found under exactly one of the two names. Durable after [`Storage::sync_dir`].
+    async fn rename(&self, from: &Path, to: &Path) -> WalResult<()>;
+
+    /// Creates `dir` and its missing parents.
+    async fn create_dir_all(&self, dir: &Path) -> WalResult<()>;
+
+    /// Makes the creation, removal and renaming of entries of `dir` durable (fsync of the
+    /// directory).
+    async fn sync_dir(&self, dir: &Path) -> WalResult<()>;
+}
+
+/// An open file. Positional I/O only: there is no shared cursor.
+#[async_trait]
+pub trait StorageFile: Send + Sync + Debug + 'static {
+    /// The path this file was opened with.
+    fn path(&self) -> &Path;
+
+    /// Writes all of `data` at byte `offset`, extending the file if needed. Not durable until
+    /// [`StorageFile::sync`].
+    async fn write_at(&self, offset: u64, data: Bytes) -> WalResult<()>;
+
+    /// Reads up to `len` bytes at `offset`. Returns exactly `len` bytes unless the file ends
+    /// first, in which case it returns the bytes up to the end (possibly none).
+    async fn read_at(&self, offset: u64, len: usize) -> WalResult<Bytes>;
+
+    /// The current size of the file in bytes.
+    async fn size(&self) -> WalResult<u64>;
+
+    /// Truncates or extends (with zeros) the file to `len` bytes. Durable after `sync`.
+    async fn set_len(&self, len: u64) -> WalResult<()>;
+
+    /// Makes every write that completed before this call durable (fdatasync semantics: data and
+    /// the metadata needed to read it back, such as the file size).
+    async fn sync(&self) -> WalResult<()>;
+
+    /// Writes `data` at `offset` and then syncs, as one operation. Returns `Ok` only after a
+    /// successful sync that covers this write. Backends may do both in one step (io_uring links
+    /// the write and the fsync).
+    async fn write_at_and_sync(&self, offset: u64, data: Bytes) -> WalResult<()> {
+        self.write_at(offset, data).await?;
+        self.sync().await
+    }
+}
+
+#[async_trait]
+impl<S: Storage + ?Sized> Storage for Arc<S> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    async fn open(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
+        (**self).open(path).await
+    }
+    async fn exists(&self, path: &Path) -> WalResult<bool> {
+        (**self).exists(path).await
+    }
+    async fn list(&self, dir: &Path) -> WalResult<Vec<PathBuf>> {
+        (**self).list(dir).await
+    }
+    async fn is_dir(&self, path: &Path) -> WalResult<bool> {
+        (**self).is_dir(path).await
+    }
+    async fn remove(&self, path: &Path) -> WalResult<()> {
+        (**self).remove(path).await
+    }
+    async fn rename(&self, from: &Path, to: &Path) -> WalResult<()> {
+        (**self).rename(from, to).await
+    }
+    async fn create_dir_all(&self, dir: &Path) -> WalResult<()> {
+        (**self).create_dir_all(dir).await
+    }
+    async fn sync_dir(&self, dir: &Path) -> WalResult<()> {
+        (**self).sync_dir(dir).await
+    }
+}
+
+/// Creates the best storage backend available: the io_uring backend when the crate is built with
+/// the `io-uring` feature on Linux and the kernel allows it, otherwise [`TokioStorage`]. When
+/// io_uring is compiled in but unusable, a warning names the cause and the fix.
+pub fn create_storage() -> Arc<dyn Storage> {
+    tracing::info!(backend = "tokio", "using the tokio::fs storage backend");
+    Arc::new(TokioStorage::new())
+}

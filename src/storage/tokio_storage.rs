@@ -1,0 +1,257 @@
+//! `TokioStorage`: the portable backend.
+//!
+//! Every operation is one hop onto tokio's blocking pool running positional `pwrite`/`pread`
+//! (`FileExt::write_all_at` / `read_at`), so there is no shared seek cursor and no lock around
+//! the file. `write_at_and_sync` writes and fdatasyncs in the same hop. Nothing is buffered in
+//! user space: tokio::fs::File keeps an internal write buffer that it drops on a write error
+//! while a later `sync_all` reports success, so this backend does not use it.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{Storage, StorageFile};
+use crate::error::{Poison, WalError, WalResult};
+
+/// The portable storage backend on tokio's blocking thread pool.
+#[derive(Debug, Default, Clone)]
+pub struct TokioStorage {
+    _private: (),
+}
+
+impl TokioStorage {
+    /// A new backend. It holds no resources: files are opened on demand.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// Runs `work` on tokio's blocking pool and maps an I/O error to [`WalError::Io`].
+async fn blocking<T, F>(op: &'static str, path: &Path, work: F) -> WalResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> io::Result<T> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(|source| WalError::io(op, path, source)),
+        Err(join_error) => Err(WalError::io(
+            op,
+            path,
+            io::Error::other(format!("blocking task failed: {join_error}")),
+        )),
+    }
+}
+
+#[async_trait]
+impl Storage for TokioStorage {
+    fn name(&self) -> &'static str {
+        "tokio"
+    }
+
+    async fn open(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
+        let owned = path.to_path_buf();
+        let file = blocking("open", path, move || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&owned)
+        })
+        .await?;
+        if file
+            .metadata()
+            .map_err(|source| WalError::io("stat", path, source))?
+            .is_dir()
+        {
+            return Err(WalError::io(
+                "open",
+                path,
+                io::Error::new(io::ErrorKind::IsADirectory, "is a directory"),
+            ));
+        }
+        Ok(Arc::new(TokioFile {
+            file: Arc::new(file),
+            path: path.to_path_buf(),
+            poison: Arc::new(Poison::new()),
+        }))
+    }
+
+    async fn exists(&self, path: &Path) -> WalResult<bool> {
+        let owned = path.to_path_buf();
+        blocking("stat", path, move || owned.try_exists()).await
+    }
+
+    async fn list(&self, dir: &Path) -> WalResult<Vec<PathBuf>> {
+        let owned = dir.to_path_buf();
+        blocking("list", dir, move || {
+            let mut entries = Vec::new();
+            for entry in std::fs::read_dir(&owned)? {
+                entries.push(entry?.path());
+            }
+            entries.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+            Ok(entries)
+        })
+        .await
+    }
+
+    async fn is_dir(&self, path: &Path) -> WalResult<bool> {
+        let owned = path.to_path_buf();
+        blocking("stat", path, move || match std::fs::metadata(&owned) {
+            Ok(metadata) => Ok(metadata.is_dir()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(error) => Err(error),
+        })
+        .await
+    }
+
+    async fn remove(&self, path: &Path) -> WalResult<()> {
+        let owned = path.to_path_buf();
+        blocking("remove", path, move || std::fs::remove_file(&owned)).await
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> WalResult<()> {
+        let (source, target) = (from.to_path_buf(), to.to_path_buf());
+        blocking("rename", from, move || std::fs::rename(&source, &target)).await
+    }
+
+    async fn create_dir_all(&self, dir: &Path) -> WalResult<()> {
+        let owned = dir.to_path_buf();
+        blocking("create_dir_all", dir, move || std::fs::create_dir_all(&owned)).await
+    }
+
+    async fn sync_dir(&self, dir: &Path) -> WalResult<()> {
+        let owned = dir.to_path_buf();
+        blocking("fsync directory", dir, move || sync_directory(&owned)).await
+    }
+}
+
+#[cfg(unix)]
+fn sync_directory(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_directory(_dir: &Path) -> io::Result<()> {
+    // Windows has no directory fsync; NTFS journals metadata operations itself.
+    Ok(())
+}
+
+/// A file of [`TokioStorage`].
+#[derive(Debug)]
+struct TokioFile {
+    file: Arc<File>,
+    path: PathBuf,
+    poison: Arc<Poison>,
+}
+
+impl TokioFile {
+    /// Runs a write-class operation (write, set_len, sync): refuses it when poisoned, and
+    /// poisons the file when it fails.
+    async fn mutate<T, F>(&self, op: &'static str, work: F) -> WalResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&File) -> io::Result<T> + Send + 'static,
+    {
+        self.poison.check()?;
+        let file = Arc::clone(&self.file);
+        let result = blocking(op, &self.path, move || work(&file)).await;
+        result.map_err(|error| self.poison.poison(error))
+    }
+}
+
+#[async_trait]
+impl StorageFile for TokioFile {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn write_at(&self, offset: u64, data: Bytes) -> WalResult<()> {
+        self.mutate("write", move |file| write_all_at(file, &data, offset))
+            .await
+    }
+
+    async fn read_at(&self, offset: u64, len: usize) -> WalResult<Bytes> {
+        let file = Arc::clone(&self.file);
+        blocking("read", &self.path, move || read_up_to(&file, offset, len)).await
+    }
+
+    async fn size(&self) -> WalResult<u64> {
+        let file = Arc::clone(&self.file);
+        blocking("stat", &self.path, move || Ok(file.metadata()?.len())).await
+    }
+
+    async fn set_len(&self, len: u64) -> WalResult<()> {
+        self.mutate("set_len", move |file| file.set_len(len)).await
+    }
+
+    async fn sync(&self) -> WalResult<()> {
+        self.mutate("fsync", |file| file.sync_data()).await
+    }
+
+    async fn write_at_and_sync(&self, offset: u64, data: Bytes) -> WalResult<()> {
+        self.mutate("write+fsync", move |file| {
+            write_all_at(file, &data, offset)?;
+            file.sync_data()
+        })
+        .await
+    }
+}
+
+#[cfg(unix)]
+fn write_all_at(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(data, offset)
+}
+
+#[cfg(windows)]
+fn write_all_at(file: &File, mut data: &[u8], mut offset: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !data.is_empty() {
+        match file.seek_write(data, offset) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(written) => {
+                data = &data[written..];
+                offset += written as u64;
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn read_once(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    file.read_at(buffer, offset)
+}
+
+#[cfg(windows)]
+fn read_once(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<usize> {
+    use std::os::windows::fs::FileExt;
+    file.seek_read(buffer, offset)
+}
+
+/// Reads `len` bytes at `offset`, fewer only at end of file.
+/// The allocation is bounded by the file's size, not by the caller's `len`.
+fn read_up_to(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
+    let available = file.metadata()?.len().saturating_sub(offset);
+    let len = len.min(usize::try_from(available).unwrap_or(usize::MAX));
+    let mut buffer = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        match read_once(file, &mut buffer[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    buffer.truncate(filled);
+    Ok(Bytes::from(buffer))
+}
