@@ -65,8 +65,8 @@ const _: () = assert!(DEFAULT_MAX_ENTRY_SIZE_BYTES <= HARD_MAX_ENTRY_SIZE_BYTES)
 // The default segment holds many maximum-size entries.
 const _: () = assert!(
     DEFAULT_SEGMENT_SIZE_BYTES
-        >= (SEGMENT_HEADER_SIZE_BYTES + 16 * (RECORD_HEADER_SIZE_BYTES + DEFAULT_MAX_ENTRY_SIZE_BYTES))
-            as u64
+        >= (SEGMENT_HEADER_SIZE_BYTES
+            + 16 * (RECORD_HEADER_SIZE_BYTES + DEFAULT_MAX_ENTRY_SIZE_BYTES)) as u64
 );
 const _: () = assert!(MIN_SEGMENT_SIZE_BYTES <= DEFAULT_SEGMENT_SIZE_BYTES);
 const _: () = assert!(DEFAULT_SEGMENT_SIZE_BYTES <= MAX_SEGMENT_SIZE_BYTES);
