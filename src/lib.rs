@@ -2,7 +2,7 @@
 //!
 //! The crate has two layers with a clean line between them:
 //!
-//! * the log ([`Wal`], `BufferedWal`): entries, segments, recovery, truncation and purge;
+//! * the log ([`Wal`], [`BufferedWal`]): entries, segments, recovery, truncation and purge;
 //! * storage backends behind the [`Storage`] / [`StorageFile`] traits: [`TokioStorage`] (portable
 //!   default), `SimulatedStorage` (in memory, deterministic faults and crashes) and, with the
 //!   `io-uring` feature on Linux, the io_uring backend.
@@ -22,7 +22,7 @@ pub use format::Entry;
 pub use storage::{create_storage, Storage, StorageFile, TokioStorage};
 pub use wal::config::{RecoveryMode, WalConfig};
 pub use wal::recovery::{RecoveryCut, RecoveryReport};
-pub use wal::{SegmentInfo, Wal};
+pub use wal::{BufferedWal, BufferedWalConfig, SegmentInfo, Wal};
 
 /// Limits and defaults, as named constants.
 pub mod constants {

@@ -542,6 +542,52 @@ mod cases {
             .contains("payload"));
     }
 
+    // Proves a failed fsync poisons the log: the sync reports the error, the durable index does
+    // not move, every later write or sync fails with Poisoned naming the first failure (never a
+    // retried fsync that "succeeds"), and reads of written data keep working.
+    pub async fn failed_sync_poisons_the_log(harness: Harness) {
+        let instrumented = crate::common::instrumented::Instrumented::new(harness.storage.clone());
+        let probe = instrumented.probe.clone();
+        let storage: Arc<dyn Storage> = Arc::new(instrumented);
+        let mut wal = open(&storage, config(&harness.dir)).await;
+        wal.append_batch_durable(&[entry(1, 1, 10)]).await.unwrap();
+        wal.append(entry(2, 1, 10)).await.unwrap();
+        probe
+            .fail_syncs
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let failed = wal.sync().await;
+        assert!(
+            matches!(failed, Err(WalError::Io { op: "fsync", .. })),
+            "{failed:?}"
+        );
+        assert_eq!(wal.durable_index(), 1);
+        assert!(wal.is_poisoned());
+        probe
+            .fail_syncs
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let syncs_before = probe.syncs();
+        match wal.sync().await {
+            Err(WalError::Poisoned { first_failure }) => {
+                assert!(matches!(*first_failure, WalError::Io { op: "fsync", .. }));
+            }
+            other => panic!("a retried sync after a failure returned {other:?}"),
+        }
+        assert_eq!(probe.syncs(), syncs_before, "the failed fsync was retried");
+        assert!(matches!(
+            wal.append(entry(3, 1, 1)).await,
+            Err(WalError::Poisoned { .. })
+        ));
+        assert!(matches!(
+            wal.truncate_after(1).await,
+            Err(WalError::Poisoned { .. })
+        ));
+        assert!(matches!(
+            wal.purge_before(2).await,
+            Err(WalError::Poisoned { .. })
+        ));
+        assert_eq!(wal.read(2).await.unwrap(), entry(2, 1, 10));
+    }
+
     // Proves closing makes appends durable and refuses later writes with Shutdown.
     pub async fn close_syncs_and_refuses_writes(harness: Harness) {
         let storage = harness.storage.clone();
@@ -571,4 +617,5 @@ for_each_backend!(crate::cases;
     foreign_and_damaged_files,
     absurd_length_field_is_damage,
     close_syncs_and_refuses_writes,
+    failed_sync_poisons_the_log,
 );

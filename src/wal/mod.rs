@@ -17,6 +17,7 @@ pub(crate) mod recovery;
 pub(crate) mod segment;
 pub(crate) mod terms;
 
+pub use buffered::{BufferedWal, BufferedWalConfig};
 use config::WalConfig;
 use recovery::RecoveryReport;
 use segment::{create_segment, Segment};
