@@ -28,3 +28,8 @@ pub use wal::{BufferedWal, BufferedWalConfig, SegmentInfo, Wal};
 pub mod constants {
     pub use crate::limits::*;
 }
+
+/// The README's examples, compiled and run as doc-tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -517,6 +517,42 @@ mod cases {
         ));
     }
 
+    // Proves a damaged header of a segment in the middle is an error naming the file and offset
+    // 0 under TolerateTailCorruption, and that PointInTime ends the log before that segment,
+    // discards it and everything after, and leaves a log that reopens cleanly and appends.
+    pub async fn damaged_segment_header_in_the_middle(harness: Harness) {
+        let storage = harness.storage.clone();
+        let dir = harness.dir.clone();
+        let mut wal = open(&storage, config(&dir)).await;
+        let batch: Vec<Entry> = (1..=40).map(|index| entry(index, 1, 5000)).collect();
+        wal.append_batch_durable(&batch).await.unwrap();
+        let segments = wal.segments();
+        assert!(segments.len() >= 3);
+        let kept = segments[0].entries;
+        drop(wal);
+        overwrite(&storage, &segments[1].path, 0, b"GARBAGE!".to_vec()).await;
+        match Wal::open(storage.clone(), config(&dir)).await {
+            Err(WalError::Corrupt {
+                segment, offset: 0, ..
+            }) => assert_eq!(segment, segments[1].path),
+            other => panic!("a damaged header was accepted: {other:?}"),
+        }
+        let mut wal = open(
+            &storage,
+            config(&dir).recovery_mode(RecoveryMode::PointInTime),
+        )
+        .await;
+        assert_eq!(wal.last_index(), kept);
+        assert!(!storage.exists(&segments[1].path).await.unwrap());
+        wal.append(entry(kept + 1, 2, 10)).await.unwrap();
+        wal.sync().await.unwrap();
+        drop(wal);
+        let strict = config(&dir).recovery_mode(RecoveryMode::AbsoluteConsistency);
+        let wal = open(&storage, strict).await;
+        assert_eq!(wal.last_index(), kept + 1);
+        assert_eq!(wal.read(kept + 1).await.unwrap(), entry(kept + 1, 2, 10));
+    }
+
     // Proves a record claiming an absurd payload length is treated as damage (cut as a torn
     // tail here) without allocating that length.
     pub async fn absurd_length_field_is_damage(harness: Harness) {
@@ -618,4 +654,5 @@ for_each_backend!(crate::cases;
     absurd_length_field_is_damage,
     close_syncs_and_refuses_writes,
     failed_sync_poisons_the_log,
+    damaged_segment_header_in_the_middle,
 );

@@ -190,16 +190,22 @@ pub(crate) async fn recover<S: Storage + ?Sized>(
     let listed = list_segments(storage, dir, &mut report).await?;
     let next_segment_id = listed.last().map_or(1, |(id, _)| id + 1);
     let mut found = Vec::with_capacity(listed.len());
+    // Point-in-time recovery keeps the intact prefix: a damaged header ends the log before that
+    // segment, and it and every later segment are discarded.
+    let mut header_cut: Option<(PathBuf, String)> = None;
+    let mut discarded = Vec::new();
     for (position, (id, path)) in listed.into_iter().enumerate() {
-        match open_segment(storage, id, path).await {
+        if header_cut.is_some() {
+            discarded.push(path);
+            continue;
+        }
+        match open_segment(storage, id, path.clone()).await {
             Ok(segment) => found.push(segment),
-            // Point-in-time recovery keeps the intact prefix: a damaged header ends the log
-            // before this segment.
             Err(error @ WalError::Corrupt { .. })
                 if config.recovery_mode == RecoveryMode::PointInTime && position > 0 =>
             {
-                tracing::warn!(%error, "point-in-time recovery stops before a damaged segment");
-                break;
+                header_cut = Some((path.clone(), error.to_string()));
+                discarded.push(path);
             }
             Err(error) => return Err(error),
         }
@@ -227,6 +233,17 @@ pub(crate) async fn recover<S: Storage + ?Sized>(
     }
     // Everything after a cut is discarded.
     dead.extend(live.map(|found| found.path));
+    if let Some((path, reason)) = header_cut {
+        if !state.needs_new_segment {
+            let last = state
+                .segments
+                .last()
+                .expect("the first segment's header is intact");
+            let next = last.next_index();
+            state.cut(path, 0, next, format!("damaged segment header: {reason}"));
+        }
+        dead.extend(discarded);
+    }
     let next_index = state
         .segments
         .last()
