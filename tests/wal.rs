@@ -553,6 +553,25 @@ mod cases {
         assert_eq!(wal.read(kept + 1).await.unwrap(), entry(kept + 1, 2, 10));
     }
 
+    // Proves the leftover of an interrupted segment creation (a `.wal.tmp` file, whatever its
+    // contents) is removed and reported by recovery and never read as part of the log.
+    pub async fn leftover_temporary_file_is_removed(harness: Harness) {
+        let storage = harness.storage.clone();
+        let dir = harness.dir.clone();
+        let mut wal = open(&storage, config(&dir)).await;
+        wal.append_batch_durable(&[entry(1, 1, 10)]).await.unwrap();
+        drop(wal);
+        let leftover = dir.join("00000000000000000077.wal.tmp");
+        overwrite(&storage, &leftover, 0, vec![0xEE; 9000]).await;
+        let wal = open(&storage, config(&dir)).await;
+        assert_eq!(wal.last_index(), 1);
+        assert!(wal
+            .recovery_report()
+            .temporary_files_removed
+            .contains(&leftover));
+        assert!(!storage.exists(&leftover).await.unwrap());
+    }
+
     // Proves a record claiming an absurd payload length is treated as damage (cut as a torn
     // tail here) without allocating that length.
     pub async fn absurd_length_field_is_damage(harness: Harness) {
@@ -655,4 +674,5 @@ for_each_backend!(crate::cases;
     close_syncs_and_refuses_writes,
     failed_sync_poisons_the_log,
     damaged_segment_header_in_the_middle,
+    leftover_temporary_file_is_removed,
 );

@@ -118,7 +118,7 @@ struct Durability {
 }
 
 #[derive(Debug)]
-struct Shared<S: Storage> {
+struct Shared<S: Storage + Clone> {
     config: BufferedWalConfig,
     max_entry_size_bytes: usize,
     buffer: Mutex<Buffer>,
@@ -127,7 +127,7 @@ struct Shared<S: Storage> {
     durability: watch::Sender<Durability>,
 }
 
-impl<S: Storage> Shared<S> {
+impl<S: Storage + Clone> Shared<S> {
     fn buffer(&self) -> MutexGuard<'_, Buffer> {
         // A panic while holding this lock is a bug in this module; the buffer itself stays
         // consistent (every update is a few field writes), so keep going.
@@ -145,12 +145,12 @@ impl<S: Storage> Shared<S> {
 
 /// The part of the handle whose drop stops the flusher.
 #[derive(Debug)]
-struct Handle<S: Storage> {
+struct Handle<S: Storage + Clone> {
     shared: Arc<Shared<S>>,
     flusher: Mutex<Option<JoinHandle<()>>>,
 }
 
-impl<S: Storage> Drop for Handle<S> {
+impl<S: Storage + Clone> Drop for Handle<S> {
     fn drop(&mut self) {
         // The last handle is gone: the flusher writes what is buffered and stops.
         self.shared.buffer().closing = true;
@@ -165,11 +165,11 @@ impl<S: Storage> Drop for Handle<S> {
 /// resolve only after the fsync covering that index succeeded. A failed flush reaches every
 /// waiter and poisons the log.
 #[derive(Debug)]
-pub struct BufferedWal<S: Storage> {
+pub struct BufferedWal<S: Storage + Clone> {
     handle: Arc<Handle<S>>,
 }
 
-impl<S: Storage> Clone for BufferedWal<S> {
+impl<S: Storage + Clone> Clone for BufferedWal<S> {
     fn clone(&self) -> Self {
         Self {
             handle: Arc::clone(&self.handle),
@@ -177,7 +177,7 @@ impl<S: Storage> Clone for BufferedWal<S> {
     }
 }
 
-impl<S: Storage> BufferedWal<S> {
+impl<S: Storage + Clone> BufferedWal<S> {
     /// Wraps an open log and starts its flusher task on the current tokio runtime.
     pub fn new(wal: Wal<S>, config: BufferedWalConfig) -> WalResult<Self> {
         config.validate()?;
@@ -571,7 +571,7 @@ fn next_step(buffer: &Buffer, config: &BufferedWalConfig) -> Next {
 }
 
 /// The flusher task: waits for a due flush, writes and syncs the batch, publishes the result.
-async fn run_flusher<S: Storage>(shared: Arc<Shared<S>>) {
+async fn run_flusher<S: Storage + Clone>(shared: Arc<Shared<S>>) {
     loop {
         let step = next_step(&shared.buffer(), &shared.config);
         match step {
@@ -590,7 +590,7 @@ async fn run_flusher<S: Storage>(shared: Arc<Shared<S>>) {
 }
 
 /// Writes and syncs everything pending in one batch.
-async fn flush_once<S: Storage>(shared: &Shared<S>) {
+async fn flush_once<S: Storage + Clone>(shared: &Shared<S>) {
     // The log's write lock is taken before the batch, so truncate and purge (which take it
     // too) never see a batch taken but not yet written.
     let mut wal = shared.wal.write().await;

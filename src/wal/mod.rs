@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use bytes::{Bytes, BytesMut};
+use tokio::task::JoinHandle;
 
 use crate::error::{Poison, WalError, WalResult};
 use crate::format::{encode_record, record_size, Entry, SegmentHeader};
@@ -20,7 +21,7 @@ pub(crate) mod terms;
 pub use buffered::{BufferedWal, BufferedWalConfig};
 use config::WalConfig;
 use recovery::RecoveryReport;
-use segment::{create_segment, Segment};
+use segment::{install_segment, prepare_segment_file, Segment};
 use terms::TermRuns;
 
 /// A segmented, checksummed write-ahead log of `(term, index, payload)` entries.
@@ -33,7 +34,7 @@ use terms::TermRuns;
 /// appended. [`Wal::durable_index`] tells how far that is. After any failed write or sync the log
 /// is poisoned: every later mutating call returns [`WalError::Poisoned`]; reads keep working.
 #[derive(Debug)]
-pub struct Wal<S: Storage> {
+pub struct Wal<S: Storage + Clone> {
     storage: S,
     config: WalConfig,
     /// Live segments in index order; the last is the one appended to.
@@ -53,6 +54,9 @@ pub struct Wal<S: Storage> {
     report: RecoveryReport,
     /// Reused encoding buffer, so steady-state appends do not allocate a fresh one.
     encode_buffer: BytesMut,
+    /// The next segment's file, being zero-filled in the background: its reserved id and the
+    /// task preparing it.
+    spare: Option<(u64, JoinHandle<WalResult<PathBuf>>)>,
 }
 
 /// A summary of the log's shape, for inspection tools.
@@ -72,7 +76,7 @@ pub struct SegmentInfo {
     pub capacity_bytes: u64,
 }
 
-impl<S: Storage> Wal<S> {
+impl<S: Storage + Clone> Wal<S> {
     /// Opens (creating if needed) the log in `config.dir` and recovers it according to
     /// `config.recovery_mode`. Recovery syncs what it keeps, so every recovered entry is durable
     /// when this returns.
@@ -92,6 +96,7 @@ impl<S: Storage> Wal<S> {
             closed: false,
             report: recovered.report,
             encode_buffer: BytesMut::new(),
+            spare: None,
             config,
         };
         if recovered.needs_new_segment {
@@ -102,6 +107,7 @@ impl<S: Storage> Wal<S> {
             let superseded = wal.report.segments_removed.clone();
             wal.remove_files(&superseded).await?;
         }
+        wal.prepare_spare();
         tracing::info!(
             dir = %wal.config.dir.display(),
             backend = wal.storage.name(),
@@ -363,19 +369,79 @@ impl<S: Storage> Wal<S> {
             .await
     }
 
-    /// Creates a new segment whose first index is `first_index` and makes it the last one.
+    /// Creates a new segment whose first index is `first_index` and makes it the last one,
+    /// from the spare file prepared in the background when there is one.
     async fn start_segment(&mut self, first_index: u64, log_start_index: u64) -> WalResult<()> {
+        let created = self
+            .install_next_segment(first_index, log_start_index)
+            .await;
+        let segment = created.map_err(|error| self.poison.poison(error))?;
+        self.segments.push(segment);
+        self.prepare_spare();
+        Ok(())
+    }
+
+    async fn install_next_segment(
+        &mut self,
+        first_index: u64,
+        log_start_index: u64,
+    ) -> WalResult<Segment> {
+        let dir = self.config.dir.clone();
+        let (segment_id, prepared) = match self.spare.take() {
+            Some((segment_id, task)) => {
+                let prepared = task.await.map_err(|join_error| {
+                    WalError::io(
+                        "prepare segment",
+                        segment::temporary_path(&dir, segment_id),
+                        std::io::Error::other(join_error.to_string()),
+                    )
+                })??;
+                (segment_id, prepared)
+            }
+            None => {
+                let segment_id = self.reserve_segment_id();
+                let size = self.config.segment_size_bytes;
+                let prepared = prepare_segment_file(&self.storage, &dir, segment_id, size).await?;
+                (segment_id, prepared)
+            }
+        };
         let header = SegmentHeader {
-            segment_id: self.next_segment_id,
+            segment_id,
             first_index,
             log_start_index,
             segment_size_bytes: self.config.segment_size_bytes,
         };
-        let created = create_segment(&self.storage, &self.config.dir, header).await;
-        let segment = created.map_err(|error| self.poison.poison(error))?;
+        install_segment(&self.storage, &dir, &prepared, header).await
+    }
+
+    fn reserve_segment_id(&mut self) -> u64 {
+        let segment_id = self.next_segment_id;
         self.next_segment_id += 1;
-        self.segments.push(segment);
-        Ok(())
+        segment_id
+    }
+
+    /// Starts zero-filling the next segment's file in the background, so rotation only has to
+    /// write a header and rename.
+    fn prepare_spare(&mut self) {
+        if self.spare.is_some() {
+            return;
+        }
+        let segment_id = self.reserve_segment_id();
+        let storage = self.storage.clone();
+        let dir = self.config.dir.clone();
+        let size = self.config.segment_size_bytes;
+        let task =
+            tokio::spawn(
+                async move { prepare_segment_file(&storage, &dir, segment_id, size).await },
+            );
+        self.spare = Some((segment_id, task));
+    }
+
+    /// Stops preparing the spare segment; its temporary file is removed by the next recovery.
+    fn abandon_spare(&mut self) {
+        if let Some((_, task)) = self.spare.take() {
+            task.abort();
+        }
     }
 
     /// Removes segment files and syncs the directory after each removal, oldest first, so a
@@ -542,6 +608,7 @@ impl<S: Storage> Wal<S> {
             self.sync().await
         };
         self.closed = true;
+        self.abandon_spare();
         synced
     }
 }
@@ -560,4 +627,10 @@ fn chunk_end(segment: &Segment, from: u64, to: u64) -> u64 {
         end += 1;
     }
     end
+}
+
+impl<S: Storage + Clone> Drop for Wal<S> {
+    fn drop(&mut self) {
+        self.abandon_spare();
+    }
 }

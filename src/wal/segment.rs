@@ -149,31 +149,62 @@ fn zero_chunk() -> Bytes {
         .clone()
 }
 
-/// Creates segment `header.segment_id` in `dir`, durably: the file is written out to its full
-/// size (header, then zeros) under a temporary name, synced, renamed into place, and the
-/// directory is synced. A crash at any point leaves either no segment or the complete one (plus,
-/// perhaps, a temporary file that the next recovery removes).
-pub(crate) async fn create_segment<S: Storage + ?Sized>(
+/// The temporary name under which segment `segment_id` is prepared.
+pub(crate) fn temporary_path(dir: &Path, segment_id: u64) -> PathBuf {
+    let name = segment_file_name(segment_id);
+    dir.join(format!("{}{TEMPORARY_SUFFIX}", &name[..name.len() - 4]))
+}
+
+/// Prepares the file of a future segment: writes it out to `size_bytes` of zeros under its
+/// temporary name and syncs it, so that appends later overwrite blocks that are already
+/// allocated and written. This is the slow part of creating a segment; the log runs it in the
+/// background ahead of need.
+pub(crate) async fn prepare_segment_file<S: Storage + ?Sized>(
     storage: &S,
     dir: &Path,
-    header: SegmentHeader,
-) -> WalResult<Segment> {
-    let name = segment_file_name(header.segment_id);
-    let path = dir.join(&name);
-    let temporary = dir.join(format!("{}{TEMPORARY_SUFFIX}", &name[..name.len() - 4]));
+    segment_id: u64,
+    size_bytes: u64,
+) -> WalResult<PathBuf> {
+    let temporary = temporary_path(dir, segment_id);
     let file = storage.open(&temporary).await?;
     file.set_len(0).await?;
-    file.write_at(0, encode_segment_header(&header)).await?;
-    let mut offset = SEGMENT_HEADER_SIZE_BYTES as u64;
-    while offset < header.segment_size_bytes {
-        let chunk = (header.segment_size_bytes - offset).min(ZERO_FILL_CHUNK_BYTES as u64);
-        let zeros = zero_chunk().slice(..chunk as usize);
-        file.write_at(offset, zeros).await?;
+    let mut offset = 0;
+    while offset < size_bytes {
+        let chunk = (size_bytes - offset).min(ZERO_FILL_CHUNK_BYTES as u64);
+        file.write_at(offset, zero_chunk().slice(..chunk as usize))
+            .await?;
         offset += chunk;
     }
     file.sync().await?;
+    Ok(temporary)
+}
+
+/// Turns a prepared file into segment `header.segment_id`, durably: writes the header, syncs,
+/// renames the file into place and syncs the directory. A crash at any point leaves either no
+/// segment (and a temporary file that the next recovery removes) or the complete one.
+pub(crate) async fn install_segment<S: Storage + ?Sized>(
+    storage: &S,
+    dir: &Path,
+    prepared: &Path,
+    header: SegmentHeader,
+) -> WalResult<Segment> {
+    let path = dir.join(segment_file_name(header.segment_id));
+    let file = storage.open(prepared).await?;
+    let size = file.size().await?;
+    if size != header.segment_size_bytes {
+        return Err(WalError::io(
+            "prepare segment",
+            prepared,
+            std::io::Error::other(format!(
+                "prepared file holds {size} bytes, expected {}",
+                header.segment_size_bytes
+            )),
+        ));
+    }
+    file.write_at_and_sync(0, encode_segment_header(&header))
+        .await?;
     drop(file);
-    storage.rename(&temporary, &path).await?;
+    storage.rename(prepared, &path).await?;
     storage.sync_dir(dir).await?;
     let file = storage.open(&path).await?;
     Ok(Segment {

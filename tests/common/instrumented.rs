@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use helix_wal::{Storage, StorageFile, WalError, WalResult};
 
-/// Counters and switches shared by the wrapper and its files.
+/// Counters and switches shared by the wrapper and its files. Counters leave out files being
+/// prepared (`*.tmp`), which the log zero-fills in the background.
 #[derive(Debug, Default)]
 pub struct Probe {
     /// File syncs, including the sync half of write_at_and_sync.
@@ -95,13 +96,22 @@ struct InstrumentedFile {
     probe: Arc<Probe>,
 }
 
+impl InstrumentedFile {
+    fn count(&self, counter: &AtomicU64) {
+        let preparing = self.inner.path().to_string_lossy().ends_with(".tmp");
+        if !preparing {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
 #[async_trait]
 impl StorageFile for InstrumentedFile {
     fn path(&self) -> &Path {
         self.inner.path()
     }
     async fn write_at(&self, offset: u64, data: Bytes) -> WalResult<()> {
-        self.probe.writes.fetch_add(1, Ordering::SeqCst);
+        self.count(&self.probe.writes);
         self.inner.write_at(offset, data).await
     }
     async fn read_at(&self, offset: u64, len: usize) -> WalResult<Bytes> {
@@ -114,7 +124,7 @@ impl StorageFile for InstrumentedFile {
         self.inner.set_len(len).await
     }
     async fn sync(&self) -> WalResult<()> {
-        self.probe.syncs.fetch_add(1, Ordering::SeqCst);
+        self.count(&self.probe.syncs);
         if self.probe.fail_syncs.load(Ordering::SeqCst) {
             return Err(injected(self.inner.path()));
         }
@@ -125,8 +135,8 @@ impl StorageFile for InstrumentedFile {
             self.write_at(offset, data).await?;
             return self.sync().await;
         }
-        self.probe.writes.fetch_add(1, Ordering::SeqCst);
-        self.probe.syncs.fetch_add(1, Ordering::SeqCst);
+        self.count(&self.probe.writes);
+        self.count(&self.probe.syncs);
         self.inner.write_at_and_sync(offset, data).await
     }
 }
