@@ -392,7 +392,7 @@ impl<S: Storage + Clone> Wal<S> {
                 let prepared = task.await.map_err(|join_error| {
                     WalError::io(
                         "prepare segment",
-                        segment::temporary_path(&dir, segment_id),
+                        &dir,
                         std::io::Error::other(join_error.to_string()),
                     )
                 })??;

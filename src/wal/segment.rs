@@ -2,6 +2,7 @@
 //! recovery uses.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -149,10 +150,18 @@ fn zero_chunk() -> Bytes {
         .clone()
 }
 
-/// The temporary name under which segment `segment_id` is prepared.
+/// A fresh temporary name under which segment `segment_id` is prepared. The name is unique in
+/// the process, so a preparation abandoned by a dropped log can never write into the file that
+/// a newer log on the same directory prepares.
 pub(crate) fn temporary_path(dir: &Path, segment_id: u64) -> PathBuf {
+    static PREPARATIONS: AtomicU64 = AtomicU64::new(0);
+    let preparation = PREPARATIONS.fetch_add(1, Ordering::Relaxed);
     let name = segment_file_name(segment_id);
-    dir.join(format!("{}{TEMPORARY_SUFFIX}", &name[..name.len() - 4]))
+    let stem = &name[..name.len() - 4];
+    dir.join(format!(
+        "{stem}-{:08x}-{preparation:08x}{TEMPORARY_SUFFIX}",
+        std::process::id()
+    ))
 }
 
 /// Prepares the file of a future segment: writes it out to `size_bytes` of zeros under its
