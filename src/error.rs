@@ -65,6 +65,13 @@ pub enum WalError {
         what: &'static str,
     },
 
+    /// The log was opened read-only and refuses writes.
+    #[error("the log in {} was opened read-only; open it with Wal::open to write", dir.display())]
+    ReadOnly {
+        /// The log's directory.
+        dir: PathBuf,
+    },
+
     /// A configuration value is out of bounds.
     #[error("invalid configuration: {field} {reason}")]
     InvalidConfig {
@@ -253,6 +260,7 @@ impl WalError {
                 first_failure: Arc::clone(first_failure),
             },
             WalError::Shutdown { what } => WalError::Shutdown { what },
+            WalError::ReadOnly { dir } => WalError::ReadOnly { dir: dir.clone() },
             WalError::InvalidConfig { field, reason } => WalError::InvalidConfig {
                 field,
                 reason: reason.clone(),

@@ -19,6 +19,8 @@ mod wal;
 
 pub use error::{WalError, WalResult};
 pub use format::Entry;
+#[cfg(feature = "baselines")]
+pub use storage::NaiveTokioStorage;
 pub use storage::{create_storage, Storage, StorageFile, TokioStorage};
 pub use wal::config::{RecoveryMode, WalConfig};
 pub use wal::recovery::{RecoveryCut, RecoveryReport};

@@ -572,6 +572,51 @@ mod cases {
         assert!(!storage.exists(&leftover).await.unwrap());
     }
 
+    // Proves a read-only open changes nothing on disk: it reports the cut and the leftover
+    // temporary file a writable open would handle, twice in a row, refuses writes with
+    // ReadOnly, and still reads; a writable open afterwards performs the cut.
+    pub async fn read_only_open_changes_nothing(harness: Harness) {
+        let storage = harness.storage.clone();
+        let dir = harness.dir.clone();
+        let mut wal = open(&storage, config(&dir)).await;
+        wal.append_batch_durable(&[entry(1, 1, 10), entry(2, 1, 10)])
+            .await
+            .unwrap();
+        let tail = wal.segments()[0].used_bytes;
+        let path = wal.segments()[0].path.clone();
+        drop(wal);
+        overwrite(&storage, &path, tail + 8, vec![0x77; 20]).await;
+        let leftover = dir.join("00000000000000000009.wal.tmp");
+        overwrite(&storage, &leftover, 0, vec![1; 10]).await;
+        let listing_before = storage.list(&dir).await.unwrap();
+        for _ in 0..2 {
+            let mut wal = Wal::open_read_only(storage.clone(), config(&dir))
+                .await
+                .unwrap();
+            assert_eq!(wal.last_index(), 2);
+            assert_eq!(wal.recovery_report().cut.as_ref().unwrap().offset, tail);
+            assert!(wal
+                .recovery_report()
+                .temporary_files_removed
+                .contains(&leftover));
+            assert_eq!(wal.read(2).await.unwrap(), entry(2, 1, 10));
+            assert!(matches!(
+                wal.append(entry(3, 1, 1)).await,
+                Err(WalError::ReadOnly { .. })
+            ));
+            assert!(matches!(
+                wal.truncate_after(1).await,
+                Err(WalError::ReadOnly { .. })
+            ));
+            assert_eq!(storage.list(&dir).await.unwrap(), listing_before);
+        }
+        let missing = Wal::open_read_only(storage.clone(), config(&dir.join("absent"))).await;
+        assert!(matches!(missing, Err(WalError::Io { .. })));
+        let wal = open(&storage, config(&dir)).await;
+        assert!(wal.recovery_report().cut.is_some());
+        assert!(!storage.exists(&leftover).await.unwrap());
+    }
+
     // Proves a record claiming an absurd payload length is treated as damage (cut as a torn
     // tail here) without allocating that length.
     pub async fn absurd_length_field_is_damage(harness: Harness) {
@@ -675,4 +720,5 @@ for_each_backend!(crate::cases;
     failed_sync_poisons_the_log,
     damaged_segment_header_in_the_middle,
     leftover_temporary_file_is_removed,
+    read_only_open_changes_nothing,
 );

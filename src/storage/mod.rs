@@ -34,8 +34,12 @@ use bytes::Bytes;
 
 use crate::error::WalResult;
 
+#[cfg(feature = "baselines")]
+mod naive_tokio;
 mod tokio_storage;
 
+#[cfg(feature = "baselines")]
+pub use naive_tokio::NaiveTokioStorage;
 pub use tokio_storage::TokioStorage;
 
 /// A file system as the log sees it. Object safe: the log holds `Arc<dyn Storage>` or a concrete

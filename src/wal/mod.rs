@@ -57,6 +57,8 @@ pub struct Wal<S: Storage + Clone> {
     /// The next segment's file, being zero-filled in the background: its reserved id and the
     /// task preparing it.
     spare: Option<(u64, JoinHandle<WalResult<PathBuf>>)>,
+    /// Opened with [`Wal::open_read_only`].
+    read_only: bool,
 }
 
 /// A summary of the log's shape, for inspection tools.
@@ -81,8 +83,19 @@ impl<S: Storage + Clone> Wal<S> {
     /// `config.recovery_mode`. Recovery syncs what it keeps, so every recovered entry is durable
     /// when this returns.
     pub async fn open(storage: S, config: WalConfig) -> WalResult<Self> {
+        Self::open_with(storage, config, false).await
+    }
+
+    /// Opens the log for reading only: recovery changes nothing on disk (no cut is sealed, no
+    /// file is removed or synced), and every write returns [`WalError::ReadOnly`]. Its
+    /// [`Wal::recovery_report`] tells what a writable open would do. For inspection tools.
+    pub async fn open_read_only(storage: S, config: WalConfig) -> WalResult<Self> {
+        Self::open_with(storage, config, true).await
+    }
+
+    async fn open_with(storage: S, config: WalConfig, read_only: bool) -> WalResult<Self> {
         config.validate()?;
-        let recovered = recovery::recover(&storage, &config).await?;
+        let recovered = recovery::recover(&storage, &config, read_only).await?;
         let mut wal = Wal {
             storage,
             segments: recovered.segments,
@@ -97,8 +110,12 @@ impl<S: Storage + Clone> Wal<S> {
             report: recovered.report,
             encode_buffer: BytesMut::new(),
             spare: None,
+            read_only,
             config,
         };
+        if read_only {
+            return Ok(wal);
+        }
         if recovered.needs_new_segment {
             // Seal the cut: a new segment starting at the next index supersedes whatever lies
             // beyond it, then the segments it supersedes can go.
@@ -188,6 +205,11 @@ impl<S: Storage + Clone> Wal<S> {
     }
 
     fn check_writable(&self) -> WalResult<()> {
+        if self.read_only {
+            return Err(WalError::ReadOnly {
+                dir: self.config.dir.clone(),
+            });
+        }
         if self.closed {
             return Err(WalError::Shutdown { what: "log" });
         }
@@ -602,7 +624,7 @@ impl<S: Storage + Clone> Wal<S> {
         if self.closed {
             return Ok(());
         }
-        let synced = if self.poison.is_poisoned() {
+        let synced = if self.poison.is_poisoned() || self.read_only {
             Ok(())
         } else {
             self.sync().await

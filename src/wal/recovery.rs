@@ -86,6 +86,7 @@ struct Found {
 async fn list_segments<S: Storage + ?Sized>(
     storage: &S,
     dir: &Path,
+    read_only: bool,
     report: &mut RecoveryReport,
 ) -> WalResult<Vec<(u64, PathBuf)>> {
     let mut segments = Vec::new();
@@ -95,7 +96,9 @@ async fn list_segments<S: Storage + ?Sized>(
             .map(|name| name.to_string_lossy().into_owned())
             .unwrap_or_default();
         if name.ends_with(TEMPORARY_SUFFIX) && !storage.is_dir(&path).await? {
-            storage.remove(&path).await?;
+            if !read_only {
+                storage.remove(&path).await?;
+            }
             report.temporary_files_removed.push(path);
         } else if let Some(id) = parse_segment_file_name(&name) {
             if storage.is_dir(&path).await? {
@@ -111,7 +114,7 @@ async fn list_segments<S: Storage + ?Sized>(
             report.foreign_files.push(path);
         }
     }
-    if !report.temporary_files_removed.is_empty() {
+    if !read_only && !report.temporary_files_removed.is_empty() {
         storage.sync_dir(dir).await?;
     }
     segments.sort_by_key(|(id, _)| *id);
@@ -179,15 +182,27 @@ fn build_chain(found: Vec<Found>, report: &mut RecoveryReport) -> (Vec<Found>, V
     (live, dead)
 }
 
-/// Recovers the log in `config.dir`.
+/// Recovers the log in `config.dir`. With `read_only`, nothing on disk changes: the result
+/// and the report say what a writable recovery would keep, cut and remove.
 pub(crate) async fn recover<S: Storage + ?Sized>(
     storage: &S,
     config: &WalConfig,
+    read_only: bool,
 ) -> WalResult<Recovered> {
     let dir = &config.dir;
-    storage.create_dir_all(dir).await?;
+    if read_only {
+        if !storage.is_dir(dir).await? {
+            return Err(WalError::io(
+                "open",
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such log directory"),
+            ));
+        }
+    } else {
+        storage.create_dir_all(dir).await?;
+    }
     let mut report = RecoveryReport::default();
-    let listed = list_segments(storage, dir, &mut report).await?;
+    let listed = list_segments(storage, dir, read_only, &mut report).await?;
     let next_segment_id = listed.last().map_or(1, |(id, _)| id + 1);
     let mut found = Vec::with_capacity(listed.len());
     // Point-in-time recovery keeps the intact prefix: a damaged header ends the log before that
@@ -248,7 +263,11 @@ pub(crate) async fn recover<S: Storage + ?Sized>(
         .segments
         .last()
         .map_or(log_start_index, |segment| segment.next_index());
-    finish(storage, dir, &mut state, dead).await?;
+    if read_only {
+        state.report.segments_removed = dead;
+    } else {
+        finish(storage, dir, &mut state, dead).await?;
+    }
     Ok(Recovered {
         segments: state.segments,
         terms: state.terms,

@@ -30,6 +30,17 @@ impl Harness {
         }
     }
 
+    /// The naive tokio::fs baseline on a fresh temporary directory.
+    #[cfg(feature = "baselines")]
+    pub fn naive_tokio() -> Harness {
+        let temp = tempfile::tempdir().expect("create temporary directory");
+        Harness {
+            storage: Arc::new(helix_wal::NaiveTokioStorage::new()),
+            dir: temp.path().join("log"),
+            _temp: Some(temp),
+        }
+    }
+
     /// Simulates a process crash: for real-file backends the OS keeps every completed write (a
     /// process crash loses nothing the kernel already has); simulated backends also drop
     /// unsynced data here.
@@ -47,6 +58,16 @@ macro_rules! for_each_backend {
                 async fn $case() {
                     use $cases as cases;
                     cases::$case($crate::common::Harness::tokio()).await;
+                }
+            )*
+        }
+        #[cfg(feature = "baselines")]
+        mod naive_tokio_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    use $cases as cases;
+                    cases::$case($crate::common::Harness::naive_tokio()).await;
                 }
             )*
         }
