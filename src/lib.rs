@@ -18,7 +18,10 @@ mod storage;
 
 pub use error::{WalError, WalResult};
 pub use format::Entry;
-pub use storage::{create_storage, Storage, StorageFile, TokioStorage};
+pub use storage::{
+    create_storage, CrashReport, FaultConfig, FaultCounters, FaultKind, NoSpaceScope, OneShotFault,
+    SimulatedConfig, SimulatedStorage, Storage, StorageFile, TokioStorage,
+};
 
 /// Limits and defaults, as named constants.
 pub mod constants {

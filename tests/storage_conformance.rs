@@ -15,8 +15,12 @@ mod cases {
         let storage = &harness.storage;
         storage.create_dir_all(&harness.dir).await.unwrap();
         let file = storage.open(&harness.dir.join("a")).await.unwrap();
-        file.write_at(0, Bytes::from_static(b"hello world")).await.unwrap();
-        file.write_at(6, Bytes::from_static(b"WORLD")).await.unwrap();
+        file.write_at(0, Bytes::from_static(b"hello world"))
+            .await
+            .unwrap();
+        file.write_at(6, Bytes::from_static(b"WORLD"))
+            .await
+            .unwrap();
         assert_eq!(&file.read_at(0, 11).await.unwrap()[..], b"hello WORLD");
         assert_eq!(&file.read_at(6, 100).await.unwrap()[..], b"WORLD");
         assert!(file.read_at(11, 4).await.unwrap().is_empty());
@@ -38,7 +42,9 @@ mod cases {
         let storage = &harness.storage;
         storage.create_dir_all(&harness.dir).await.unwrap();
         let file = storage.open(&harness.dir.join("a")).await.unwrap();
-        file.write_at(0, Bytes::from_static(b"abcdef")).await.unwrap();
+        file.write_at(0, Bytes::from_static(b"abcdef"))
+            .await
+            .unwrap();
         file.set_len(3).await.unwrap();
         assert_eq!(&file.read_at(0, 10).await.unwrap()[..], b"abc");
         file.set_len(5).await.unwrap();
@@ -52,7 +58,9 @@ mod cases {
         let storage = &harness.storage;
         storage.create_dir_all(&harness.dir).await.unwrap();
         let file = storage.open(&harness.dir.join("a")).await.unwrap();
-        file.write_at_and_sync(4, Bytes::from_static(b"data")).await.unwrap();
+        file.write_at_and_sync(4, Bytes::from_static(b"data"))
+            .await
+            .unwrap();
         file.sync().await.unwrap();
         assert_eq!(&file.read_at(4, 4).await.unwrap()[..], b"data");
     }
@@ -64,7 +72,9 @@ mod cases {
         storage.create_dir_all(&harness.dir).await.unwrap();
         let path = harness.dir.join("a");
         let file = storage.open(&path).await.unwrap();
-        file.write_at_and_sync(0, Bytes::from_static(b"durable")).await.unwrap();
+        file.write_at_and_sync(0, Bytes::from_static(b"durable"))
+            .await
+            .unwrap();
         storage.sync_dir(&harness.dir).await.unwrap();
         drop(file);
         harness.crash().await;
@@ -76,7 +86,10 @@ mod cases {
     // directories, and remove and rename do what they say.
     pub async fn directory_operations(harness: Harness) {
         let storage = &harness.storage;
-        storage.create_dir_all(&harness.dir.join("sub")).await.unwrap();
+        storage
+            .create_dir_all(&harness.dir.join("sub"))
+            .await
+            .unwrap();
         for name in ["c", "a", "b"] {
             storage.open(&harness.dir.join(name)).await.unwrap();
         }
@@ -118,7 +131,10 @@ mod cases {
     // Proves opening a directory as a file is refused.
     pub async fn open_directory_is_refused(harness: Harness) {
         let storage = &harness.storage;
-        storage.create_dir_all(&harness.dir.join("d")).await.unwrap();
+        storage
+            .create_dir_all(&harness.dir.join("d"))
+            .await
+            .unwrap();
         assert!(storage.open(&harness.dir.join("d")).await.is_err());
     }
 

@@ -34,8 +34,13 @@ use bytes::Bytes;
 
 use crate::error::WalResult;
 
+mod simulated;
 mod tokio_storage;
 
+pub use simulated::{
+    CrashReport, FaultConfig, FaultCounters, FaultKind, NoSpaceScope, OneShotFault,
+    SimulatedConfig, SimulatedStorage,
+};
 pub use tokio_storage::TokioStorage;
 
 /// A file system as the log sees it. Object safe: the log holds `Arc<dyn Storage>` or a concrete
