@@ -119,7 +119,9 @@ pub enum WalError {
     },
 
     /// A read asked for an index that the log does not hold.
-    #[error("index {index} is not in the log, which holds [{first}, {last}] (empty when first > last)")]
+    #[error(
+        "index {index} is not in the log, which holds [{first}, {last}] (empty when first > last)"
+    )]
     IndexOutOfRange {
         /// The index that was asked for.
         index: u64,

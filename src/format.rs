@@ -101,7 +101,10 @@ impl std::fmt::Display for HeaderError {
                  {computed:#010x})"
             ),
             HeaderError::BadField(field, value) => {
-                write!(f, "segment header field {field} has impossible value {value}")
+                write!(
+                    f,
+                    "segment header field {field} has impossible value {value}"
+                )
             }
         }
     }
@@ -243,7 +246,9 @@ impl RecordHeader {
 
     /// True when all header bytes are zero: the unwritten part of a pre-zeroed segment.
     pub fn is_zero(bytes: &[u8]) -> bool {
-        bytes[..RECORD_HEADER_SIZE_BYTES].iter().all(|byte| *byte == 0)
+        bytes[..RECORD_HEADER_SIZE_BYTES]
+            .iter()
+            .all(|byte| *byte == 0)
     }
 
     /// The full on-disk size of this record.
@@ -331,6 +336,9 @@ mod tests {
         assert_eq!(parse_segment_file_name(&segment_file_name(42)), Some(42));
         assert_eq!(parse_segment_file_name("42.wal"), None);
         assert_eq!(parse_segment_file_name("0000000000000000004x.wal"), None);
-        assert_eq!(parse_segment_file_name(&format!("{}.tmp", segment_file_name(1))), None);
+        assert_eq!(
+            parse_segment_file_name(&format!("{}.tmp", segment_file_name(1))),
+            None
+        );
     }
 }

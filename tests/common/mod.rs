@@ -2,6 +2,8 @@
 //! generic test cases once per backend, so every backend runs the same suite.
 #![allow(dead_code)]
 
+pub mod instrumented;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
