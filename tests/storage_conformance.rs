@@ -76,6 +76,12 @@ mod cases {
             .await
             .unwrap();
         storage.sync_dir(&harness.dir).await.unwrap();
+        // The directory itself was created by this test: its entry is durable only after a
+        // sync of its parent.
+        storage
+            .sync_dir(harness.dir.parent().unwrap())
+            .await
+            .unwrap();
         drop(file);
         harness.crash().await;
         let file = harness.storage.open(&path).await.unwrap();

@@ -185,6 +185,21 @@ impl SimulatedStorage {
         self.lock().one_shots.clear();
     }
 
+    /// Test setup outside the simulation: creates `dir` and its missing parents and makes them
+    /// durable at once, as a directory that existed before the test would be.
+    pub fn create_dir_all_durably(&self, dir: &Path) -> WalResult<()> {
+        let names = components(dir);
+        self.namespace("create_dir_all", dir, |state| {
+            state.tree.create_dir_all(&names)?;
+            for depth in 0..names.len() {
+                if let Some(parent) = state.tree.dir_for_sync(&names[..depth])? {
+                    state.tree.sync_dir(parent, None);
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Sets the total capacity in bytes (`None`: unlimited). Existing data is kept even when it
     /// is above the new capacity; only later growth is refused.
     pub fn set_capacity_bytes(&self, capacity_bytes: Option<u64>) {
