@@ -448,7 +448,14 @@ impl SimulatedFile {
         op: &'static str,
         work: impl FnOnce(&mut State) -> io::Result<T>,
     ) -> WalResult<T> {
-        let poison_files = self.storage.lock().poison_files;
+        let poison_files = {
+            let state = self.storage.lock();
+            if state.generation != self.generation {
+                // Staleness is not a failure of the file, so it does not poison.
+                return Err(WalError::io(op, &self.path, errors::stale_handle()));
+            }
+            state.poison_files
+        };
         if poison_files {
             self.poison.check()?;
         }
