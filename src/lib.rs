@@ -4,7 +4,7 @@
 //!
 //! * the log ([`Wal`], [`BufferedWal`]): entries, segments, recovery, truncation and purge;
 //! * storage backends behind the [`Storage`] / [`StorageFile`] traits: [`TokioStorage`] (portable
-//!   default), `SimulatedStorage` (in memory, deterministic faults and crashes) and, with the
+//!   default), [`SimulatedStorage`] (in memory, deterministic faults and crashes) and, with the
 //!   `io-uring` feature on Linux, the io_uring backend.
 //!
 //! Durability is the product: no entry is reported durable before a successful fsync covers it,
