@@ -4,7 +4,7 @@
 //!
 //! * the log ([`Wal`], [`BufferedWal`]): entries, segments, recovery, truncation and purge;
 //! * storage backends behind the [`Storage`] / [`StorageFile`] traits: [`TokioStorage`] (portable
-//!   default), `SimulatedStorage` (in memory, deterministic faults and crashes) and, with the
+//!   default), [`SimulatedStorage`] (in memory, deterministic faults and crashes) and, with the
 //!   `io-uring` feature on Linux, the io_uring backend.
 //!
 //! Durability is the product: no entry is reported durable before a successful fsync covers it,
@@ -21,7 +21,10 @@ pub use error::{WalError, WalResult};
 pub use format::Entry;
 #[cfg(feature = "baselines")]
 pub use storage::NaiveTokioStorage;
-pub use storage::{create_storage, Storage, StorageFile, TokioStorage};
+pub use storage::{
+    create_storage, CrashReport, FaultConfig, FaultCounters, FaultKind, NoSpaceScope, OneShotFault,
+    SimulatedConfig, SimulatedStorage, Storage, StorageFile, TokioStorage,
+};
 pub use wal::config::{RecoveryMode, WalConfig};
 pub use wal::recovery::{RecoveryCut, RecoveryReport};
 pub use wal::{BufferedWal, BufferedWalConfig, SegmentInfo, Wal};

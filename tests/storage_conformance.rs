@@ -76,6 +76,12 @@ mod cases {
             .await
             .unwrap();
         storage.sync_dir(&harness.dir).await.unwrap();
+        // The directory itself was created by this test: its entry is durable only after a
+        // sync of its parent.
+        storage
+            .sync_dir(harness.dir.parent().unwrap())
+            .await
+            .unwrap();
         drop(file);
         harness.crash().await;
         let file = harness.storage.open(&path).await.unwrap();
@@ -126,6 +132,53 @@ mod cases {
         }
         assert!(storage.remove(&missing).await.is_err());
         assert!(!storage.exists(&missing).await.unwrap());
+    }
+
+    // Proves misuse of paths fails with the io::ErrorKind the OS gives, identically on every
+    // backend: a path through a file, removing a directory, renaming a file over a directory,
+    // creating a directory where a file is, listing a file, renaming a missing file.
+    pub async fn error_kinds_match_the_os(harness: Harness) {
+        use std::io::ErrorKind;
+        let storage = &harness.storage;
+        let dir = &harness.dir;
+        storage.create_dir_all(&dir.join("sub")).await.unwrap();
+        storage.open(&dir.join("file")).await.unwrap();
+        let kind = |error: WalError| error.io_kind().expect("an Io error");
+        let through_file = dir.join("file").join("x");
+        assert_eq!(
+            kind(storage.open(&through_file).await.unwrap_err()),
+            ErrorKind::NotADirectory
+        );
+        assert_eq!(
+            kind(storage.exists(&through_file).await.unwrap_err()),
+            ErrorKind::NotADirectory
+        );
+        assert_eq!(
+            kind(storage.list(&dir.join("file")).await.unwrap_err()),
+            ErrorKind::NotADirectory
+        );
+        assert_eq!(
+            kind(storage.open(&dir.join("sub")).await.unwrap_err()),
+            ErrorKind::IsADirectory
+        );
+        assert_eq!(
+            kind(storage.remove(&dir.join("sub")).await.unwrap_err()),
+            ErrorKind::IsADirectory
+        );
+        let over_dir = storage.rename(&dir.join("file"), &dir.join("sub")).await;
+        assert_eq!(kind(over_dir.unwrap_err()), ErrorKind::IsADirectory);
+        let missing = storage
+            .rename(&dir.join("missing"), &dir.join("other"))
+            .await;
+        assert_eq!(kind(missing.unwrap_err()), ErrorKind::NotFound);
+        let into_missing = storage.open(&dir.join("missing").join("x")).await;
+        assert_eq!(kind(into_missing.unwrap_err()), ErrorKind::NotFound);
+        let over_file = storage.create_dir_all(&dir.join("file")).await;
+        assert_eq!(kind(over_file.unwrap_err()), ErrorKind::AlreadyExists);
+        assert_eq!(
+            kind(storage.sync_dir(&dir.join("missing")).await.unwrap_err()),
+            ErrorKind::NotFound
+        );
     }
 
     // Proves opening a directory as a file is refused.
@@ -193,6 +246,7 @@ for_each_backend!(crate::cases;
     directory_operations,
     missing_paths_are_errors,
     open_directory_is_refused,
+    error_kinds_match_the_os,
     concurrent_writers_do_not_mix,
     huge_read_is_bounded_by_file_size,
 );
