@@ -182,6 +182,34 @@ fn build_chain(found: Vec<Found>, report: &mut RecoveryReport) -> (Vec<Found>, V
     (live, dead)
 }
 
+/// Creates the log directory if needed and makes its entry durable: syncs the parent of every
+/// directory it had to create, and always the log directory's own parent, because a directory
+/// left by a run that crashed before syncing it may exist now and vanish at the next power loss,
+/// taking every segment in it along.
+async fn create_log_dir<S: Storage + ?Sized>(storage: &S, dir: &Path) -> WalResult<()> {
+    let mut missing = Vec::new();
+    let mut current = Some(dir);
+    while let Some(path) = current {
+        if path.as_os_str().is_empty() || storage.exists(path).await? {
+            break;
+        }
+        missing.push(path);
+        current = path.parent();
+    }
+    storage.create_dir_all(dir).await?;
+    if missing.is_empty() {
+        missing.push(dir);
+    }
+    for created in missing.into_iter().rev() {
+        let parent = match created.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        storage.sync_dir(parent).await?;
+    }
+    Ok(())
+}
+
 /// Recovers the log in `config.dir`. With `read_only`, nothing on disk changes: the result
 /// and the report say what a writable recovery would keep, cut and remove.
 pub(crate) async fn recover<S: Storage + ?Sized>(
@@ -199,7 +227,7 @@ pub(crate) async fn recover<S: Storage + ?Sized>(
             ));
         }
     } else {
-        storage.create_dir_all(dir).await?;
+        create_log_dir(storage, dir).await?;
     }
     let mut report = RecoveryReport::default();
     let listed = list_segments(storage, dir, read_only, &mut report).await?;
