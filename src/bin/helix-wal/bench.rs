@@ -172,7 +172,9 @@ impl Setup {
     }
 
     fn config(&self, dir: &Path) -> WalConfig {
-        WalConfig::new(dir).segment_size_bytes(self.segment_size_bytes)
+        WalConfig::new(dir)
+            .segment_size_bytes(self.segment_size_bytes)
+            .max_entry_size_bytes(self.payload.len().max(1))
     }
 }
 
