@@ -209,6 +209,26 @@ pub fn encode_record(buffer: &mut BytesMut, segment_id: u64, entry: &Entry, dura
     buffer.resize(padded, 0);
 }
 
+/// The index field of a padding record: never a valid entry index.
+pub const PADDING_INDEX: u64 = 0;
+
+// Format: padding record. A record with index 0, term 0, durable_index 0 and a zero payload of
+// `payload_len` bytes, checksummed like any record. Recovery skips it; it holds no entry. It
+// lets a commit end on an alignment boundary (direct I/O writes whole pages).
+/// Appends a padding record of `payload_len` zero bytes (its total size is
+/// `record_size(payload_len)`).
+// Recovery already reads padding; only tests write it until a writer pads commits to alignment
+// boundaries (direct I/O).
+#[cfg_attr(not(test), allow(dead_code))]
+pub fn encode_padding(buffer: &mut BytesMut, segment_id: u64, payload_len: usize) {
+    let filler = Entry {
+        index: PADDING_INDEX,
+        term: 0,
+        payload: Bytes::from(vec![0u8; payload_len]),
+    };
+    encode_record(buffer, segment_id, &filler, 0);
+}
+
 /// The checksum of a record: seeded with the segment id, so records left over from another
 /// segment's life in the same bytes never validate.
 fn record_crc(segment_id: u64, header_tail_and_payload: &[u8]) -> u32 {

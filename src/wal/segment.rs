@@ -10,7 +10,7 @@ use bytes::Bytes;
 use crate::error::{WalError, WalResult};
 use crate::format::{
     encode_segment_header, record_checksum_matches, segment_file_name, Entry, RecordHeader,
-    SegmentHeader, TEMPORARY_SUFFIX,
+    SegmentHeader, PADDING_INDEX, TEMPORARY_SUFFIX,
 };
 use crate::limits::{
     RECORD_ALIGNMENT_BYTES, RECORD_HEADER_SIZE_BYTES, RECOVERY_READ_CHUNK_BYTES,
@@ -369,6 +369,11 @@ pub(crate) async fn scan_records(
             scan.stop = damaged("record checksum mismatch".into());
             return Ok(scan);
         }
+        if header.index == PADDING_INDEX {
+            // Filler that ends a commit on an alignment boundary: no entry, skip it.
+            scan.end_offset = offset + size as u64;
+            continue;
+        }
         if header.index != expected {
             scan.stop = damaged(format!(
                 "record holds index {} where {expected} was expected",
@@ -483,4 +488,47 @@ async fn find_durability_witness(
         local += RECORD_ALIGNMENT_BYTES;
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{encode_padding, encode_record};
+    use crate::storage::SimulatedStorage;
+    use bytes::BytesMut;
+
+    // Proves the scanner skips a padding record between two entries (the filler an aligned
+    // commit may end with) and reads on after it, and that padding never counts as an entry.
+    #[tokio::test(flavor = "current_thread")]
+    async fn scan_skips_padding_records() {
+        let storage = SimulatedStorage::new(7);
+        let file = storage.open(Path::new("/segment")).await.unwrap();
+        let mut buffer = BytesMut::new();
+        encode_record(&mut buffer, 3, &Entry::new(1, 1, &b"first"[..]), 0);
+        encode_padding(&mut buffer, 3, 100);
+        encode_record(&mut buffer, 3, &Entry::new(2, 1, &b"second"[..]), 1);
+        let length = buffer.len() as u64;
+        let base = SEGMENT_HEADER_SIZE_BYTES as u64;
+        file.write_at(base, buffer.freeze()).await.unwrap();
+        file.set_len(base + 4096).await.unwrap();
+        let limits = ScanLimits {
+            first_index: 1,
+            bound: None,
+            min_term: 0,
+            max_payload_bytes: 1024,
+            file_size: base + 4096,
+        };
+        let scan = scan_records(file.as_ref(), 3, limits).await.unwrap();
+        assert_eq!(scan.offsets.len(), 2);
+        assert_eq!(scan.stop, ScanStop::Zeros);
+        assert_eq!(scan.end_offset, base + length);
+        // A padding record written under another segment's id is damage, not filler.
+        let mut foreign = BytesMut::new();
+        encode_padding(&mut foreign, 4, 100);
+        file.write_at(base + length, foreign.freeze())
+            .await
+            .unwrap();
+        let scan = scan_records(file.as_ref(), 3, limits).await.unwrap();
+        assert!(matches!(scan.stop, ScanStop::Damaged { .. }));
+    }
 }
