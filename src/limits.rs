@@ -45,6 +45,10 @@ pub const RECOVERY_READ_CHUNK_BYTES: usize = 4 << 20;
 /// Size of the zero-filled buffer used to pre-write new segments.
 pub const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
 
+/// Purged segment files kept for reuse instead of removed: reusing one overwrites blocks the
+/// file system has already allocated, where a new segment must be written out with zeros first.
+pub const RECYCLED_SEGMENTS_KEPT: usize = 2;
+
 /// Default interval between group commits of `BufferedWal`: 10 ms.
 pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 10;
 

@@ -617,6 +617,77 @@ mod cases {
         assert!(!storage.exists(&leftover).await.unwrap());
     }
 
+    // Proves purged segment files are reused for new segments (no zero-fill), and that a
+    // recycled segment, whose bytes after the records are its previous life's records, reopens
+    // cleanly, even under AbsoluteConsistency, with every entry intact.
+    pub async fn purged_segments_are_recycled(harness: Harness) {
+        let storage = harness.storage.clone();
+        let dir = harness.dir.clone();
+        let mut wal = open(&storage, config(&dir)).await;
+        let batch: Vec<Entry> = (1..=40).map(|index| entry(index, 1, 5000)).collect();
+        wal.append_batch_durable(&batch).await.unwrap();
+        wal.purge_before(30).await.unwrap();
+        let batch: Vec<Entry> = (41..=140).map(|index| entry(index, 2, 700)).collect();
+        wal.append_batch_durable(&batch).await.unwrap();
+        let segments = wal.segments();
+        assert!(
+            segments.iter().any(|segment| segment.recycled),
+            "{segments:?}"
+        );
+        drop(wal);
+        let strict = config(&dir).recovery_mode(RecoveryMode::AbsoluteConsistency);
+        let wal = open(&storage, strict).await;
+        assert!(wal.recovery_report().cut.is_none());
+        assert_eq!(wal.last_index(), 140);
+        assert_entries(&wal, 41..=140, |_| 2, |_| 700).await;
+    }
+
+    // Proves a torn write in a recycled segment is still recognised: a later record of this
+    // segment after a damaged one means the tail is torn, not stale; TolerateTailCorruption
+    // cuts and seals it, AbsoluteConsistency refuses.
+    pub async fn torn_tail_in_a_recycled_segment(harness: Harness) {
+        let storage = harness.storage.clone();
+        let dir = harness.dir.clone();
+        let mut wal = open(&storage, config(&dir)).await;
+        let batch: Vec<Entry> = (1..=40).map(|index| entry(index, 1, 5000)).collect();
+        wal.append_batch_durable(&batch).await.unwrap();
+        wal.purge_before(30).await.unwrap();
+        // Fill the current segment so the next entries go to a recycled one.
+        let mut index = 41;
+        while !wal.segments().last().unwrap().recycled {
+            wal.append(entry(index, 2, 3000)).await.unwrap();
+            index += 1;
+        }
+        wal.sync().await.unwrap();
+        let last = wal.segments().last().unwrap().clone();
+        let tail = last.used_bytes;
+        wal.append_batch(&[entry(index, 2, 100), entry(index + 1, 2, 100)])
+            .await
+            .unwrap();
+        wal.close().await.unwrap();
+        drop(wal);
+        // The first of the two unsynced records is lost, the second survived.
+        overwrite(&storage, &last.path, tail, vec![0; 136]).await;
+        let strict = config(&dir).recovery_mode(RecoveryMode::AbsoluteConsistency);
+        assert!(matches!(
+            Wal::open(storage.clone(), strict).await,
+            Err(WalError::Corrupt { .. })
+        ));
+        let mut wal = open(&storage, config(&dir)).await;
+        assert_eq!(wal.last_index(), index - 1);
+        assert!(wal.recovery_report().cut.is_some());
+        wal.append(entry(index, 3, 100)).await.unwrap();
+        wal.sync().await.unwrap();
+        drop(wal);
+        let wal = open(&storage, config(&dir)).await;
+        assert_eq!(
+            wal.last_index(),
+            index,
+            "the surviving unsynced record came back"
+        );
+        assert_eq!(wal.read(index).await.unwrap(), entry(index, 3, 100));
+    }
+
     // Proves a record claiming an absurd payload length is treated as damage (cut as a torn
     // tail here) without allocating that length.
     pub async fn absurd_length_field_is_damage(harness: Harness) {
@@ -721,4 +792,6 @@ for_each_backend!(crate::cases;
     damaged_segment_header_in_the_middle,
     leftover_temporary_file_is_removed,
     read_only_open_changes_nothing,
+    purged_segments_are_recycled,
+    torn_tail_in_a_recycled_segment,
 );

@@ -9,6 +9,7 @@ use crate::error::{Poison, WalError, WalResult};
 use crate::format::{encode_record, record_size, Entry, SegmentHeader};
 use crate::limits::{
     HARD_MAX_ENTRY_SIZE_BYTES, HARD_MAX_READ_RANGE_BYTES, RECOVERY_READ_CHUNK_BYTES,
+    RECYCLED_SEGMENTS_KEPT,
 };
 use crate::storage::Storage;
 
@@ -59,6 +60,9 @@ pub struct Wal<S: Storage + Clone> {
     spare: Option<(u64, JoinHandle<WalResult<PathBuf>>)>,
     /// Opened with [`Wal::open_read_only`].
     read_only: bool,
+    /// Files of purged segments kept for reuse (under temporary names), newest last: reusing
+    /// one costs a header write instead of zero-filling a new file.
+    recycled: Vec<PathBuf>,
 }
 
 /// A summary of the log's shape, for inspection tools.
@@ -76,6 +80,8 @@ pub struct SegmentInfo {
     pub used_bytes: u64,
     /// The size the segment was pre-written to.
     pub capacity_bytes: u64,
+    /// The file was reused from a purged segment.
+    pub recycled: bool,
 }
 
 impl<S: Storage + Clone> Wal<S> {
@@ -111,6 +117,7 @@ impl<S: Storage + Clone> Wal<S> {
             encode_buffer: BytesMut::new(),
             spare: None,
             read_only,
+            recycled: Vec::new(),
             config,
         };
         if read_only {
@@ -200,6 +207,7 @@ impl<S: Storage + Clone> Wal<S> {
                 entries: segment.len(),
                 used_bytes: segment.end_offset,
                 capacity_bytes: segment.header.segment_size_bytes,
+                recycled: segment.header.recycled,
             })
             .collect()
     }
@@ -409,6 +417,10 @@ impl<S: Storage + Clone> Wal<S> {
         log_start_index: u64,
     ) -> WalResult<Segment> {
         let dir = self.config.dir.clone();
+        if let Some(prepared) = self.recycled.pop() {
+            let header = self.next_header(first_index, log_start_index, true);
+            return install_segment(&self.storage, &dir, &prepared, header).await;
+        }
         let (segment_id, prepared) = match self.spare.take() {
             Some((segment_id, task)) => {
                 let prepared = task.await.map_err(|join_error| {
@@ -432,8 +444,25 @@ impl<S: Storage + Clone> Wal<S> {
             first_index,
             log_start_index,
             segment_size_bytes: self.config.segment_size_bytes,
+            recycled: false,
         };
         install_segment(&self.storage, &dir, &prepared, header).await
+    }
+
+    /// The header of a new segment with a freshly reserved id.
+    fn next_header(
+        &mut self,
+        first_index: u64,
+        log_start_index: u64,
+        recycled: bool,
+    ) -> SegmentHeader {
+        SegmentHeader {
+            segment_id: self.reserve_segment_id(),
+            first_index,
+            log_start_index,
+            segment_size_bytes: self.config.segment_size_bytes,
+            recycled,
+        }
     }
 
     fn reserve_segment_id(&mut self) -> u64 {
@@ -445,7 +474,7 @@ impl<S: Storage + Clone> Wal<S> {
     /// Starts zero-filling the next segment's file in the background, so rotation only has to
     /// write a header and rename.
     fn prepare_spare(&mut self) {
-        if self.spare.is_some() {
+        if self.spare.is_some() || !self.recycled.is_empty() {
             return;
         }
         let segment_id = self.reserve_segment_id();
@@ -593,10 +622,40 @@ impl<S: Storage + Clone> Wal<S> {
             return Ok(());
         }
         let purged: Vec<Segment> = self.segments.drain(..removable).collect();
-        let paths: Vec<PathBuf> = purged.iter().map(|segment| segment.path.clone()).collect();
-        tracing::info!(before = index, segments = paths.len(), "purging segments");
+        tracing::info!(before = index, segments = purged.len(), "purging segments");
         self.terms.purge_before(self.first_index());
-        self.remove_files(&paths).await
+        self.retire_segments(purged).await
+    }
+
+    /// Takes purged segments out of the log, oldest first, each durably before the next (a
+    /// crash part-way leaves a contiguous log): a few are renamed to temporary names for reuse
+    /// (recovery removes such files, so this is as final as a removal), the rest are removed.
+    async fn retire_segments(&mut self, purged: Vec<Segment>) -> WalResult<()> {
+        for segment in purged {
+            let reusable = self.recycled.len() < RECYCLED_SEGMENTS_KEPT
+                && segment.header.segment_size_bytes == self.config.segment_size_bytes;
+            let path = segment.path.clone();
+            drop(segment);
+            let retired = async {
+                if reusable {
+                    let spare = segment::temporary_path(&self.config.dir, self.next_segment_id);
+                    self.storage.rename(&path, &spare).await?;
+                    self.storage.sync_dir(&self.config.dir).await?;
+                    Ok(Some(spare))
+                } else {
+                    self.storage.remove(&path).await?;
+                    self.storage.sync_dir(&self.config.dir).await?;
+                    Ok(None)
+                }
+            }
+            .await;
+            match retired {
+                Ok(Some(spare)) => self.recycled.insert(0, spare),
+                Ok(None) => {}
+                Err(error) => return Err(self.poison.poison(error)),
+            }
+        }
+        Ok(())
     }
 
     /// Empties the log so that the next entry must be `index`: a new segment declaring

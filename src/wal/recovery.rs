@@ -421,7 +421,7 @@ impl ChainScan<'_> {
         };
         let tail = examine_tail(
             segment.file.as_ref(),
-            segment.header.segment_id,
+            &segment.header,
             start,
             missing_index,
             &limits,
@@ -433,7 +433,7 @@ impl ChainScan<'_> {
             _ => "non-zero bytes after the last record".into(),
         };
         match tail {
-            TailState::Clean => Ok(true),
+            TailState::Clean | TailState::Stale => Ok(true),
             TailState::Torn { .. } => {
                 if self.config.recovery_mode == RecoveryMode::AbsoluteConsistency {
                     return Err(WalError::corrupt(

@@ -403,7 +403,11 @@ pub(crate) async fn scan_records(
 pub(crate) enum TailState {
     /// Only zeros: the unwritten part of a pre-zeroed segment.
     Clean,
-    /// Non-zero bytes that hold no valid record proving earlier data durable: a torn write.
+    /// Non-zero bytes in a recycled segment, none of them a valid record of this segment: what
+    /// the file's previous life left behind. As good as clean.
+    Stale,
+    /// Bytes a torn write left: non-zero bytes in a segment that was zero-filled, or a valid
+    /// record of this segment past the last one that continues the log.
     Torn {
         /// First non-zero byte.
         first_nonzero_offset: u64,
@@ -418,17 +422,26 @@ pub(crate) enum TailState {
     },
 }
 
-/// Examines the bytes from `start` to the end of the last segment: all zeros, a torn tail, or
-/// damage to data that a later valid record proves was durable. `missing_index` is the first
-/// index that did not validate.
+/// What a look for valid records past the tail found.
+enum Evidence {
+    /// A valid record of this segment, written after the last one that recovery kept.
+    Record,
+    /// Such a record that also proves the missing index was durable.
+    Witness { offset: u64, durable_index: u64 },
+}
+
+/// Examines the bytes from `start` to the end of the last segment: clean, stale (recycled
+/// file), a torn tail, or damage to data that a later valid record proves was durable.
+/// `missing_index` is the first index that did not validate.
 pub(crate) async fn examine_tail(
     file: &dyn StorageFile,
-    segment_id: u64,
+    header: &SegmentHeader,
     start: u64,
     missing_index: u64,
     limits: &ScanLimits,
 ) -> WalResult<TailState> {
     let mut first_nonzero = None;
+    let mut later_record = false;
     let mut offset = start;
     while offset < limits.file_size {
         let chunk = file.read_at(offset, RECOVERY_READ_CHUNK_BYTES).await?;
@@ -437,57 +450,87 @@ pub(crate) async fn examine_tail(
         }
         if let Some(position) = chunk.iter().position(|byte| *byte != 0) {
             first_nonzero.get_or_insert(offset + position as u64);
-            if let Some(witness) =
-                find_durability_witness(file, segment_id, offset, &chunk, missing_index, limits)
-                    .await?
-            {
-                return Ok(witness);
+            let found = find_later_record(
+                file,
+                header.segment_id,
+                offset,
+                &chunk,
+                missing_index,
+                limits,
+            )
+            .await?;
+            match found {
+                Some(Evidence::Witness {
+                    offset,
+                    durable_index,
+                }) => {
+                    return Ok(TailState::DurableDataDamaged {
+                        witness_offset: offset,
+                        durable_index,
+                    })
+                }
+                Some(Evidence::Record) => later_record = true,
+                None => {}
             }
         }
         offset += chunk.len() as u64;
     }
     Ok(match first_nonzero {
         None => TailState::Clean,
+        Some(_) if header.recycled && !later_record => TailState::Stale,
         Some(first_nonzero_offset) => TailState::Torn {
             first_nonzero_offset,
         },
     })
 }
 
-/// Looks at every aligned offset of `chunk` for a valid record of this segment whose durable
-/// index covers `missing_index`.
-async fn find_durability_witness(
+/// Looks at every aligned offset of `chunk` for a valid record of this segment that could
+/// follow the kept ones (index at or above `missing_index`); returns a witness as soon as one
+/// proves `missing_index` durable.
+async fn find_later_record(
     file: &dyn StorageFile,
     segment_id: u64,
     chunk_offset: u64,
     chunk: &[u8],
     missing_index: u64,
     limits: &ScanLimits,
-) -> WalResult<Option<TailState>> {
+) -> WalResult<Option<Evidence>> {
+    // A record written after the kept ones has an index above them, and no more of them fit
+    // in the file than its size over the smallest record.
+    let index_span = limits.file_size / RECORD_HEADER_SIZE_BYTES as u64;
     let first_aligned =
         (chunk_offset as usize).next_multiple_of(RECORD_ALIGNMENT_BYTES) - chunk_offset as usize;
+    let mut found = None;
     let mut local = first_aligned;
     while local + RECORD_HEADER_SIZE_BYTES <= chunk.len() {
         let candidate = &chunk[local..];
-        if !RecordHeader::is_zero(candidate) {
-            let header = RecordHeader::parse(candidate);
-            let plausible = header.durable_index >= missing_index
-                && header.durable_index < header.index
-                && header.payload_len as usize <= limits.max_payload_bytes;
-            let offset = chunk_offset + local as u64;
-            if plausible && offset + header.record_size() as u64 <= limits.file_size {
-                let record = file.read_at(offset, header.record_size()).await?;
-                if record_checksum_matches(segment_id, &header, &record) {
-                    return Ok(Some(TailState::DurableDataDamaged {
-                        witness_offset: offset,
-                        durable_index: header.durable_index,
-                    }));
-                }
-            }
-        }
         local += RECORD_ALIGNMENT_BYTES;
+        if RecordHeader::is_zero(candidate) {
+            continue;
+        }
+        let header = RecordHeader::parse(candidate);
+        let offset = chunk_offset + (local - RECORD_ALIGNMENT_BYTES) as u64;
+        let plausible = header.index >= missing_index
+            && header.index - missing_index < index_span
+            && header.durable_index < header.index
+            && header.payload_len as usize <= limits.max_payload_bytes
+            && offset + header.record_size() as u64 <= limits.file_size;
+        if !plausible {
+            continue;
+        }
+        let record = file.read_at(offset, header.record_size()).await?;
+        if !record_checksum_matches(segment_id, &header, &record) {
+            continue;
+        }
+        if header.durable_index >= missing_index {
+            return Ok(Some(Evidence::Witness {
+                offset,
+                durable_index: header.durable_index,
+            }));
+        }
+        found = Some(Evidence::Record);
     }
-    Ok(None)
+    Ok(found)
 }
 
 #[cfg(test)]
