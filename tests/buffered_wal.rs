@@ -255,6 +255,64 @@ mod cases {
         );
     }
 
+    // Regression: purge_before reset the next index from the log while appenders kept
+    // buffering, so two entries got the same index and the next flush poisoned the log. Proves
+    // that appenders racing purges and flushes get contiguous, unique indexes and that the log
+    // reopens with every entry.
+    pub async fn appends_race_purges(harness: Harness) {
+        let log = open_buffered(harness.storage.clone(), &harness.dir, buffered_config(1)).await;
+        let mut tasks = Vec::new();
+        for task in 0..8u64 {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut indexes = Vec::new();
+                for sequence in 0..150u64 {
+                    indexes.push(log.append_next(1, payload_for(task, sequence)).await?);
+                    // Let the purges' I/O interleave with the appends.
+                    tokio::task::yield_now().await;
+                }
+                Ok::<_, WalError>(indexes)
+            }));
+        }
+        let purger = {
+            let log = log.clone();
+            tokio::spawn(async move {
+                for _ in 0..40 {
+                    let durable = log.durable_index();
+                    log.purge_before(durable.saturating_sub(50)).await?;
+                    tokio::task::yield_now().await;
+                }
+                Ok::<_, WalError>(())
+            })
+        };
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(
+                tokio::time::timeout(HANG_GUARD, task)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        purger.await.unwrap().unwrap();
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            (1..=1200).collect::<Vec<u64>>(),
+            "indexes are not unique and contiguous"
+        );
+        log.close().await.unwrap();
+        drop(log);
+        let wal = Wal::open(harness.storage.clone(), config(&harness.dir))
+            .await
+            .unwrap();
+        assert_eq!(wal.last_index(), 1200);
+        let first = wal.first_index();
+        let entries = wal.read_range(first, 1201, usize::MAX).await.unwrap();
+        assert_eq!(entries.len() as u64, 1201 - first);
+    }
+
     // Proves close flushes what is buffered, and that later calls on any clone fail with
     // Shutdown instead of hanging.
     pub async fn close_flushes_and_shuts_down(harness: Harness) {
@@ -327,4 +385,5 @@ for_each_backend!(crate::cases;
     truncate_with_buffered_entries,
     close_flushes_and_shuts_down,
     invalid_config_and_appends,
+    appends_race_purges,
 );

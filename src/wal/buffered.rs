@@ -104,6 +104,9 @@ struct Buffer {
     flush_requested: bool,
     /// No more appends; the flusher drains and stops.
     closing: bool,
+    /// A truncate or purge is under way: appends wait, so the index they get cannot race the
+    /// log being rewritten.
+    maintenance: bool,
     /// The failure that poisoned the log, if any.
     failure: Option<Arc<WalError>>,
 }
@@ -192,6 +195,7 @@ impl<S: Storage + Clone> BufferedWal<S> {
             first_index: wal.first_index(),
             flush_requested: false,
             closing: false,
+            maintenance: false,
             failure: None,
         };
         let (durability, _) = watch::channel(Durability {
@@ -245,19 +249,24 @@ impl<S: Storage + Clone> BufferedWal<S> {
         loop {
             {
                 let mut buffer = shared.buffer();
-                if assign_index {
-                    entry.index = buffer.next_index;
-                }
-                self.check_append(&buffer, &entry)?;
                 let full = buffer.pending.len() >= shared.config.max_buffered_entries
                     || buffer.pending_bytes >= shared.config.max_buffered_bytes;
-                if !full {
-                    return Ok(self.push(&mut buffer, entry));
+                if !buffer.maintenance {
+                    if assign_index {
+                        entry.index = buffer.next_index;
+                    }
+                    self.check_append(&buffer, &entry)?;
+                    if !full {
+                        return Ok(self.push(&mut buffer, entry));
+                    }
+                    buffer.flush_requested = true;
+                } else if let Some(failure) = &buffer.failure {
+                    return Err(Shared::<S>::poisoned_error(failure));
                 }
-                buffer.flush_requested = true;
             }
             shared.wake_flusher.notify_one();
-            // A flush frees the buffer and publishes a new durable index (or a failure).
+            // A flush frees the buffer and publishes a new durable index (or a failure); the
+            // end of a truncate or purge publishes too.
             if durability.changed().await.is_err() {
                 return Err(WalError::Shutdown {
                     what: "buffered log",
@@ -475,6 +484,9 @@ impl<S: Storage + Clone> BufferedWal<S> {
         }
         let mut keep = std::mem::take(&mut buffer.pending);
         keep.retain(|entry| entry.index <= index);
+        // Readable from the buffer until written.
+        buffer.in_flight = keep.clone();
+        buffer.maintenance = true;
         buffer.pending_bytes = 0;
         buffer.oldest_pending_at = None;
         Ok(keep)
@@ -484,6 +496,8 @@ impl<S: Storage + Clone> BufferedWal<S> {
     fn after_maintenance(&self, wal: &Wal<S>, result: WalResult<()>) -> WalResult<()> {
         let shared = self.shared();
         let mut buffer = shared.buffer();
+        buffer.maintenance = false;
+        buffer.in_flight.clear();
         if let Err(error) = result {
             let failure = Arc::new(error.duplicate());
             buffer.failure = Some(Arc::clone(&failure));

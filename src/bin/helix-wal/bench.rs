@@ -309,6 +309,9 @@ fn process_cpu_time() -> Duration {
 /// starts, so every run starts in the same steady state.
 const SETTLE: Duration = Duration::from_millis(300);
 
+/// How often the bulk workload purges what is more than two segments behind.
+const COMPACTION_INTERVAL: Duration = Duration::from_millis(50);
+
 async fn settle() {
     tokio::time::sleep(SETTLE).await;
 }
@@ -407,10 +410,30 @@ async fn group_commit(
             Ok::<_, helix_wal::WalError>(latencies)
         }));
     }
+    // Bulk appenders compact behind themselves, as a Raft node purges below its snapshots: the
+    // log stays a few segments long and new segments reuse purged files.
+    let compactor = (!wait).then(|| {
+        let log = log.clone();
+        let keep_entries = 2 * setup.segment_size_bytes / (setup.payload.len() as u64 + 32);
+        tokio::spawn(async move {
+            while Instant::now() < deadline {
+                tokio::time::sleep(COMPACTION_INTERVAL).await;
+                let durable = log.durable_index();
+                log.purge_before(durable.saturating_sub(keep_entries))
+                    .await?;
+            }
+            Ok::<_, helix_wal::WalError>(())
+        })
+    });
     let mut latencies_ns = Vec::new();
     for task in tasks {
         let result = task.await.map_err(|e| Failure::usage(e.to_string()))?;
         latencies_ns.extend(result?);
+    }
+    if let Some(compactor) = compactor {
+        compactor
+            .await
+            .map_err(|e| Failure::usage(e.to_string()))??;
     }
     // Only durable bytes count: the run ends when everything appended is synced.
     log.flush().await?;
