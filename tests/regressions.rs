@@ -43,3 +43,47 @@ async fn log_directory_creation_is_durable() {
         }
     }
 }
+
+// Regression: the background spare segment reserved its id when its preparation started, so
+// after a purge the recycled files installed first took higher ids, and the spare, installed
+// last, became the newest segment with the lowest id; the next open ordered segments by id,
+// took the newest for superseded and removed it with every entry in it. Proves that rotating
+// through recycled files and then the spare keeps every synced entry across a reopen.
+#[tokio::test(flavor = "current_thread")]
+async fn segment_ids_follow_installation_order() {
+    let simulated = SimulatedStorage::new(11);
+    simulated.create_dir_all_durably(Path::new("/sim")).unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(simulated);
+    let dir = Path::new("/sim/log");
+    let mut wal = Wal::open(storage.clone(), config(dir)).await.unwrap();
+    let mut index = 1u64;
+    let mut append_until = |wal: &mut Wal<Arc<dyn Storage>>, segments: usize| {
+        let mut batch = Vec::new();
+        while wal.segments().len() + batch.len() / 12 < segments {
+            batch.push(Entry::new(index, 1, Bytes::from(vec![index as u8; 5000])));
+            index += 1;
+        }
+        batch
+    };
+    let batch = append_until(&mut wal, 4);
+    wal.append_batch_durable(&batch).await.unwrap();
+    wal.purge_before(wal.last_index()).await.unwrap();
+    // Three more rotations: two recycled files, then the spare.
+    for _ in 0..3 {
+        let target = wal.segments().len() + 1;
+        while wal.segments().len() < target {
+            let entry = Entry::new(wal.last_index() + 1, 1, Bytes::from(vec![7u8; 5000]));
+            wal.append_batch_durable(&[entry]).await.unwrap();
+        }
+    }
+    let ids: Vec<u64> = wal.segments().iter().map(|s| s.segment_id).collect();
+    assert!(
+        ids.windows(2).all(|pair| pair[0] < pair[1]),
+        "ids out of order: {ids:?}"
+    );
+    let last = wal.last_index();
+    drop(wal);
+    let wal = Wal::open(storage.clone(), config(dir)).await.unwrap();
+    assert_eq!(wal.last_index(), last);
+    assert!(wal.recovery_report().segments_removed.is_empty());
+}

@@ -57,7 +57,7 @@ pub struct Wal<S: Storage + Clone> {
     encode_buffer: BytesMut,
     /// The next segment's file, being zero-filled in the background: its reserved id and the
     /// task preparing it.
-    spare: Option<(u64, JoinHandle<WalResult<PathBuf>>)>,
+    spare: Option<JoinHandle<WalResult<PathBuf>>>,
     /// Opened with [`Wal::open_read_only`].
     read_only: bool,
     /// Files of purged segments kept for reuse (under temporary names), newest last: reusing
@@ -406,63 +406,54 @@ impl<S: Storage + Clone> Wal<S> {
             .install_next_segment(first_index, log_start_index)
             .await;
         let segment = created.map_err(|error| self.poison.poison(error))?;
+        // Recovery orders segments by id: ids must grow in the order segments join the log.
+        let previous_id = self.segments.last().map(|last| last.header.segment_id);
+        assert!(previous_id.is_none_or(|previous| previous < segment.header.segment_id));
         self.segments.push(segment);
         self.prepare_spare();
         Ok(())
     }
 
+    /// Installs the next segment from a recycled file, the spare prepared in the background,
+    /// or, failing both, a file zero-filled now. The segment id is reserved here, at
+    /// installation, never earlier.
     async fn install_next_segment(
         &mut self,
         first_index: u64,
         log_start_index: u64,
     ) -> WalResult<Segment> {
         let dir = self.config.dir.clone();
-        if let Some(prepared) = self.recycled.pop() {
-            let header = self.next_header(first_index, log_start_index, true);
-            return install_segment(&self.storage, &dir, &prepared, header).await;
-        }
-        let (segment_id, prepared) = match self.spare.take() {
-            Some((segment_id, task)) => {
-                let prepared = task.await.map_err(|join_error| {
-                    WalError::io(
-                        "prepare segment",
-                        &dir,
-                        std::io::Error::other(join_error.to_string()),
-                    )
-                })??;
-                (segment_id, prepared)
-            }
-            None => {
-                let segment_id = self.reserve_segment_id();
-                let size = self.config.segment_size_bytes;
-                let prepared = prepare_segment_file(&self.storage, &dir, segment_id, size).await?;
-                (segment_id, prepared)
-            }
+        let (prepared, recycled) = match self.recycled.pop() {
+            Some(prepared) => (prepared, true),
+            None => (self.take_spare().await?, false),
         };
         let header = SegmentHeader {
-            segment_id,
-            first_index,
-            log_start_index,
-            segment_size_bytes: self.config.segment_size_bytes,
-            recycled: false,
-        };
-        install_segment(&self.storage, &dir, &prepared, header).await
-    }
-
-    /// The header of a new segment with a freshly reserved id.
-    fn next_header(
-        &mut self,
-        first_index: u64,
-        log_start_index: u64,
-        recycled: bool,
-    ) -> SegmentHeader {
-        SegmentHeader {
             segment_id: self.reserve_segment_id(),
             first_index,
             log_start_index,
             segment_size_bytes: self.config.segment_size_bytes,
             recycled,
+        };
+        install_segment(&self.storage, &dir, &prepared, header).await
+    }
+
+    /// The spare file prepared in the background, or a new one prepared now when there is none
+    /// or its preparation failed (a failed background preparation does not poison the log: only
+    /// a failure here does).
+    async fn take_spare(&mut self) -> WalResult<PathBuf> {
+        if let Some(task) = self.spare.take() {
+            match task.await {
+                Ok(Ok(prepared)) => return Ok(prepared),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "background segment preparation failed; retrying now");
+                }
+                Err(join_error) => {
+                    tracing::warn!(%join_error, "background segment preparation did not finish");
+                }
+            }
         }
+        let size = self.config.segment_size_bytes;
+        prepare_segment_file(&self.storage, &self.config.dir, size).await
     }
 
     fn reserve_segment_id(&mut self) -> u64 {
@@ -477,20 +468,16 @@ impl<S: Storage + Clone> Wal<S> {
         if self.spare.is_some() || !self.recycled.is_empty() {
             return;
         }
-        let segment_id = self.reserve_segment_id();
         let storage = self.storage.clone();
         let dir = self.config.dir.clone();
         let size = self.config.segment_size_bytes;
-        let task =
-            tokio::spawn(
-                async move { prepare_segment_file(&storage, &dir, segment_id, size).await },
-            );
-        self.spare = Some((segment_id, task));
+        let task = tokio::spawn(async move { prepare_segment_file(&storage, &dir, size).await });
+        self.spare = Some(task);
     }
 
     /// Stops preparing the spare segment; its temporary file is removed by the next recovery.
     fn abandon_spare(&mut self) {
-        if let Some((_, task)) = self.spare.take() {
+        if let Some(task) = self.spare.take() {
             task.abort();
         }
     }
@@ -638,7 +625,7 @@ impl<S: Storage + Clone> Wal<S> {
             drop(segment);
             let retired = async {
                 if reusable {
-                    let spare = segment::temporary_path(&self.config.dir, self.next_segment_id);
+                    let spare = segment::temporary_path(&self.config.dir);
                     self.storage.rename(&path, &spare).await?;
                     self.storage.sync_dir(&self.config.dir).await?;
                     Ok(Some(spare))

@@ -150,16 +150,15 @@ fn zero_chunk() -> Bytes {
         .clone()
 }
 
-/// A fresh temporary name under which segment `segment_id` is prepared. The name is unique in
-/// the process, so a preparation abandoned by a dropped log can never write into the file that
-/// a newer log on the same directory prepares.
-pub(crate) fn temporary_path(dir: &Path, segment_id: u64) -> PathBuf {
+/// A fresh temporary name for a segment file being prepared or kept for reuse. The name is
+/// unique in the process, so a preparation abandoned by a dropped log can never write into the
+/// file that a newer log on the same directory prepares. It carries no segment id: ids are
+/// given when a file is installed, so they always increase in the order segments join the log.
+pub(crate) fn temporary_path(dir: &Path) -> PathBuf {
     static PREPARATIONS: AtomicU64 = AtomicU64::new(0);
     let preparation = PREPARATIONS.fetch_add(1, Ordering::Relaxed);
-    let name = segment_file_name(segment_id);
-    let stem = &name[..name.len() - 4];
     dir.join(format!(
-        "{stem}-{:08x}-{preparation:08x}{TEMPORARY_SUFFIX}",
+        "spare-{:08x}-{preparation:08x}{TEMPORARY_SUFFIX}",
         std::process::id()
     ))
 }
@@ -171,10 +170,9 @@ pub(crate) fn temporary_path(dir: &Path, segment_id: u64) -> PathBuf {
 pub(crate) async fn prepare_segment_file<S: Storage + ?Sized>(
     storage: &S,
     dir: &Path,
-    segment_id: u64,
     size_bytes: u64,
 ) -> WalResult<PathBuf> {
-    let temporary = temporary_path(dir, segment_id);
+    let temporary = temporary_path(dir);
     let file = storage.open(&temporary).await?;
     file.set_len(0).await?;
     let mut offset = 0;
