@@ -137,7 +137,7 @@ async fn recovery_syncs_the_directory_before_trusting_it() {
         let mut wal = Wal::open(storage.clone(), config(dir)).await.unwrap();
         let next = wal.last_index() + 1;
         let acknowledged = Entry::new(next, 2, Bytes::from(vec![3u8; 100]));
-        wal.append_batch_durable(&[acknowledged.clone()])
+        wal.append_batch_durable(std::slice::from_ref(&acknowledged))
             .await
             .unwrap();
         drop(wal);
