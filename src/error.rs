@@ -125,6 +125,16 @@ pub enum WalError {
         hard_max: usize,
     },
 
+    /// An appended entry was removed by `truncate_after` before it became durable.
+    #[error(
+        "entry {index} was removed by truncate_after before it became durable; it is not in \
+         the log (a newer leader's entry may hold that index now)"
+    )]
+    Truncated {
+        /// The index of the removed entry.
+        index: u64,
+    },
+
     /// A read asked for an index that the log does not hold.
     #[error(
         "index {index} is not in the log, which holds [{first}, {last}] (empty when first > last)"
@@ -294,6 +304,7 @@ impl WalError {
                 max: *max,
                 hard_max: *hard_max,
             },
+            WalError::Truncated { index } => WalError::Truncated { index: *index },
             WalError::IndexOutOfRange { index, first, last } => WalError::IndexOutOfRange {
                 index: *index,
                 first: *first,

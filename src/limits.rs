@@ -75,6 +75,10 @@ pub const HARD_MAX_BUFFERED_ENTRIES: usize = 1 << 20;
 /// Upper bound for `max_buffered_bytes`: 1 GiB.
 pub const HARD_MAX_BUFFERED_BYTES: usize = 1 << 30;
 
+/// Truncations a `BufferedWal` remembers for its durable waiters. A waiter older than this many
+/// truncations is told its entry may have been truncated.
+pub const TRUNCATION_HISTORY: usize = 64;
+
 /// Largest `max_bytes` a single `read_range` call may ask for: 256 MiB.
 pub const HARD_MAX_READ_RANGE_BYTES: usize = 256 << 20;
 

@@ -313,6 +313,62 @@ mod cases {
         assert_eq!(entries.len() as u64, 1201 - first);
     }
 
+    // Proves an appender waiting in append_durable is never told its entry is durable when
+    // truncate_after removed it, even after another entry takes its index and is synced: it
+    // gets Truncated, while entries below the cut are acknowledged normally.
+    pub async fn truncated_entry_is_never_acknowledged(harness: Harness) {
+        let log = open_buffered(
+            harness.storage.clone(),
+            &harness.dir,
+            buffered_config(10_000),
+        )
+        .await;
+        // The orchestration runs as a task on a runtime worker, where waiting by sleeping
+        // lets the appenders' tasks run.
+        let scenario = tokio::spawn(truncation_scenario(log));
+        tokio::time::timeout(HANG_GUARD, scenario)
+            .await
+            .expect("the scenario hung")
+            .unwrap();
+    }
+
+    async fn truncation_scenario(log: BufferedWal<Arc<dyn Storage>>) {
+        for index in 1..=3 {
+            log.append(Entry::new(index, 1, payload_for(0, index)))
+                .await
+                .unwrap();
+        }
+        let mut waiters = Vec::new();
+        for index in 4..=6 {
+            let appender = log.clone();
+            waiters.push(tokio::spawn(async move {
+                let entry = Entry::new(index, 1, payload_for(0, index));
+                appender.append_durable(entry).await
+            }));
+            // Appends in index order: wait until this one is buffered.
+            while log.last_index() < index {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        // Replace 5 and 6 under a new term.
+        log.truncate_after(4).await.unwrap();
+        log.append(Entry::new(5, 2, payload_for(1, 5)))
+            .await
+            .unwrap();
+        log.append(Entry::new(6, 2, payload_for(1, 6)))
+            .await
+            .unwrap();
+        log.flush().await.unwrap();
+        for waiter in waiters {
+            match waiter.await.unwrap() {
+                Ok(index) => assert_eq!(index, 4, "a removed entry was acknowledged"),
+                Err(WalError::Truncated { index }) => assert!(index == 5 || index == 6),
+                Err(other) => panic!("unexpected error {other}"),
+            }
+        }
+        assert_eq!(log.read(5).await.unwrap().term, 2);
+    }
+
     // Proves close flushes what is buffered, and that later calls on any clone fail with
     // Shutdown instead of hanging.
     pub async fn close_flushes_and_shuts_down(harness: Harness) {
@@ -386,4 +442,5 @@ for_each_backend!(crate::cases;
     close_flushes_and_shuts_down,
     invalid_config_and_appends,
     appends_race_purges,
+    truncated_entry_is_never_acknowledged,
 );

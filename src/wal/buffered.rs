@@ -7,6 +7,7 @@
 //! the buffer reaches its entry or byte limit, or on request; with `flush_interval_ms = 0` it
 //! happens as soon as anything is buffered, so concurrent appenders still share fsyncs.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use crate::format::Entry;
 use crate::limits::{
     DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_BUFFERED_ENTRIES,
     HARD_MAX_BUFFERED_BYTES, HARD_MAX_BUFFERED_ENTRIES, HARD_MAX_ENTRY_SIZE_BYTES,
-    MAX_FLUSH_INTERVAL_MS,
+    MAX_FLUSH_INTERVAL_MS, TRUNCATION_HISTORY,
 };
 use crate::storage::Storage;
 use crate::wal::Wal;
@@ -109,6 +110,30 @@ struct Buffer {
     maintenance: bool,
     /// The failure that poisoned the log, if any.
     failure: Option<Arc<WalError>>,
+    /// Number of truncations that removed appended entries so far.
+    truncation_count: u64,
+    /// The latest of them, as `(truncation_count after it, index truncated after)`, oldest
+    /// first, at most `TRUNCATION_HISTORY`.
+    truncations: VecDeque<(u64, u64)>,
+}
+
+impl Buffer {
+    /// True if a truncation after the moment `truncation_count` was `since` removed `index`,
+    /// or if the history no longer reaches back that far (then it may have).
+    fn truncated_since(&self, since: u64, index: u64) -> bool {
+        if self.truncation_count == since {
+            return false;
+        }
+        let covered = self
+            .truncations
+            .front()
+            .is_some_and(|(count, _)| *count <= since + 1);
+        !covered
+            || self
+                .truncations
+                .iter()
+                .any(|(count, after)| *count > since && *after < index)
+    }
 }
 
 /// What waiters watch: how far the log is durable, or why it never will be.
@@ -197,6 +222,8 @@ impl<S: Storage + Clone> BufferedWal<S> {
             closing: false,
             maintenance: false,
             failure: None,
+            truncation_count: 0,
+            truncations: VecDeque::new(),
         };
         let (durability, _) = watch::channel(Durability {
             index: durable,
@@ -228,7 +255,7 @@ impl<S: Storage + Clone> BufferedWal<S> {
     /// readable at once and durable after a later flush; see [`BufferedWal::wait_durable`].
     /// Waits while the buffer is full.
     pub async fn append(&self, entry: Entry) -> WalResult<u64> {
-        self.append_with(entry, false).await
+        Ok(self.append_with(entry, false).await?.0)
     }
 
     /// Buffers an entry of `term` and `payload` at the next index, which it returns: for many
@@ -239,11 +266,12 @@ impl<S: Storage + Clone> BufferedWal<S> {
             term,
             payload,
         };
-        self.append_with(entry, true).await
+        Ok(self.append_with(entry, true).await?.0)
     }
 
     /// Validates and buffers `entry`, first giving it the next index when `assign_index`.
-    async fn append_with(&self, mut entry: Entry, assign_index: bool) -> WalResult<u64> {
+    /// Returns the index and the truncation count at the moment it was buffered.
+    async fn append_with(&self, mut entry: Entry, assign_index: bool) -> WalResult<(u64, u64)> {
         let shared = self.shared();
         let mut durability = shared.durability.subscribe();
         loop {
@@ -257,7 +285,8 @@ impl<S: Storage + Clone> BufferedWal<S> {
                     }
                     self.check_append(&buffer, &entry)?;
                     if !full {
-                        return Ok(self.push(&mut buffer, entry));
+                        let count = buffer.truncation_count;
+                        return Ok((self.push(&mut buffer, entry), count));
                     }
                     buffer.flush_requested = true;
                 } else if let Some(failure) = &buffer.failure {
@@ -328,15 +357,21 @@ impl<S: Storage + Clone> BufferedWal<S> {
         index
     }
 
-    /// Buffers `entry` and waits until it is durable. Returns its index.
+    /// Buffers `entry` and waits until it is durable. Returns its index. Fails with
+    /// [`WalError::Truncated`] if `truncate_after` removed the entry before it became durable.
     pub async fn append_durable(&self, entry: Entry) -> WalResult<u64> {
-        let index = self.append(entry).await?;
+        let (index, truncations) = self.append_with(entry, false).await?;
         self.wait_durable(index).await?;
+        if self.shared().buffer().truncated_since(truncations, index) {
+            return Err(WalError::Truncated { index });
+        }
         Ok(index)
     }
 
     /// Waits until every entry up to `index` is durable. Fails if a flush failed first, if the
-    /// log shut down first, or if `index` was never appended.
+    /// log shut down first, or if `index` was never appended. This speaks of the index, not of
+    /// an entry: after `truncate_after`, whatever entry later holds `index` satisfies it;
+    /// [`BufferedWal::append_durable`] tells its own entry apart.
     pub async fn wait_durable(&self, index: u64) -> WalResult<()> {
         let shared = self.shared();
         {
@@ -449,6 +484,7 @@ impl<S: Storage + Clone> BufferedWal<S> {
         let shared = self.shared();
         let mut wal = shared.wal.write().await;
         let keep = self.take_pending_through(index)?;
+        self.record_truncation(index);
         let result = async {
             if !keep.is_empty() {
                 wal.append_batch_durable(&keep).await?;
@@ -473,6 +509,21 @@ impl<S: Storage + Clone> BufferedWal<S> {
         }
         .await;
         self.after_maintenance(&wal, result)
+    }
+
+    /// Remembers that entries after `index` are being removed, for `append_durable` waiters.
+    /// Called with the log's write lock held and appends paused.
+    fn record_truncation(&self, index: u64) {
+        let mut buffer = self.shared().buffer();
+        if index + 1 >= buffer.next_index {
+            return;
+        }
+        buffer.truncation_count += 1;
+        let count = buffer.truncation_count;
+        buffer.truncations.push_back((count, index));
+        if buffer.truncations.len() > TRUNCATION_HISTORY {
+            buffer.truncations.pop_front();
+        }
     }
 
     /// Takes the pending entries up to `index` for writing and drops the rest. Called with the
