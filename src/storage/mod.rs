@@ -34,6 +34,8 @@ use bytes::Bytes;
 
 use crate::error::WalResult;
 
+#[cfg(all(target_os = "linux", feature = "io-uring"))]
+mod io_uring;
 mod tokio_storage;
 
 pub use tokio_storage::TokioStorage;
