@@ -20,6 +20,11 @@ libclang_present() {
     ldconfig -p 2>/dev/null | grep -Eq 'libclang(-[0-9.]+)?\.so'
 }
 
+if [[ "$(uname -s)" != "Linux" ]]; then
+    echo "install-build-deps: not Linux; the io-uring feature is Linux-only, nothing to install"
+    exit 0
+fi
+
 if libclang_present; then
     echo "install-build-deps: libclang is present; nothing to do"
     exit 0
@@ -41,4 +46,8 @@ if ! apt-cache show libclang-dev >/dev/null 2>&1; then
     ${SUDO} apt-get update
 fi
 DEBIAN_FRONTEND=noninteractive ${SUDO} apt-get install -y --no-install-recommends libclang-dev
+if ! libclang_present; then
+    echo "install-build-deps: libclang-dev is installed but libclang was not found" >&2
+    exit 1
+fi
 echo "install-build-deps: installed libclang-dev"

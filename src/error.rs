@@ -65,6 +65,13 @@ pub enum WalError {
         what: &'static str,
     },
 
+    /// The log was opened read-only and refuses writes.
+    #[error("the log in {} was opened read-only; open it with Wal::open to write", dir.display())]
+    ReadOnly {
+        /// The log's directory.
+        dir: PathBuf,
+    },
+
     /// A configuration value is out of bounds.
     #[error("invalid configuration: {field} {reason}")]
     InvalidConfig {
@@ -119,7 +126,9 @@ pub enum WalError {
     },
 
     /// A read asked for an index that the log does not hold.
-    #[error("index {index} is not in the log, which holds [{first}, {last}] (empty when first > last)")]
+    #[error(
+        "index {index} is not in the log, which holds [{first}, {last}] (empty when first > last)"
+    )]
     IndexOutOfRange {
         /// The index that was asked for.
         index: u64,
@@ -251,6 +260,7 @@ impl WalError {
                 first_failure: Arc::clone(first_failure),
             },
             WalError::Shutdown { what } => WalError::Shutdown { what },
+            WalError::ReadOnly { dir } => WalError::ReadOnly { dir: dir.clone() },
             WalError::InvalidConfig { field, reason } => WalError::InvalidConfig {
                 field,
                 reason: reason.clone(),

@@ -13,7 +13,7 @@ pub const FORMAT_VERSION: u32 = 1;
 
 /// Length of the meaningful part of the segment header, including its CRC; the rest of the
 /// header block is zero.
-pub const SEGMENT_HEADER_FIELDS_BYTES: usize = 52;
+pub const SEGMENT_HEADER_FIELDS_BYTES: usize = 56;
 
 /// Extension of segment files. Names are `{segment_id:020}.wal`, so name order is log order.
 pub const SEGMENT_EXTENSION: &str = "wal";
@@ -55,7 +55,13 @@ pub struct SegmentHeader {
     pub log_start_index: u64,
     /// Size the segment was pre-written to.
     pub segment_size_bytes: u64,
+    /// The file was recycled from a purged segment: the bytes after its records may hold the
+    /// previous life's records (which never validate under this segment's id) instead of zeros.
+    pub recycled: bool,
 }
+
+/// Header flag bit: the segment file was recycled (see [`SegmentHeader::recycled`]).
+pub const SEGMENT_FLAG_RECYCLED: u32 = 1;
 
 /// Why a segment header was rejected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +107,10 @@ impl std::fmt::Display for HeaderError {
                  {computed:#010x})"
             ),
             HeaderError::BadField(field, value) => {
-                write!(f, "segment header field {field} has impossible value {value}")
+                write!(
+                    f,
+                    "segment header field {field} has impossible value {value}"
+                )
             }
         }
     }
@@ -116,7 +125,8 @@ impl std::fmt::Display for HeaderError {
 //  24  first_index         u64
 //  32  log_start_index     u64
 //  40  segment_size_bytes  u64
-//  48  header_crc          u32      CRC32C of bytes [0, 48)
+//  48  flags               u32      bit 0: recycled; other bits zero
+//  52  header_crc          u32      CRC32C of bytes [0, 52)
 /// Encodes a segment header as the full, zero-padded header block.
 pub fn encode_segment_header(header: &SegmentHeader) -> Bytes {
     let mut block = BytesMut::with_capacity(SEGMENT_HEADER_SIZE_BYTES);
@@ -127,7 +137,12 @@ pub fn encode_segment_header(header: &SegmentHeader) -> Bytes {
     block.put_u64_le(header.first_index);
     block.put_u64_le(header.log_start_index);
     block.put_u64_le(header.segment_size_bytes);
-    let crc = crc32c::crc32c(&block[..48]);
+    block.put_u32_le(if header.recycled {
+        SEGMENT_FLAG_RECYCLED
+    } else {
+        0
+    });
+    let crc = crc32c::crc32c(&block[..52]);
     block.put_u32_le(crc);
     debug_assert_eq!(block.len(), SEGMENT_HEADER_FIELDS_BYTES);
     block.resize(SEGMENT_HEADER_SIZE_BYTES, 0);
@@ -143,8 +158,8 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, HeaderError>
     if magic != SEGMENT_MAGIC {
         return Err(HeaderError::BadMagic(magic));
     }
-    let stored = read_u32(bytes, 48);
-    let computed = crc32c::crc32c(&bytes[..48]);
+    let stored = read_u32(bytes, 52);
+    let computed = crc32c::crc32c(&bytes[..52]);
     if stored != computed {
         return Err(HeaderError::ChecksumMismatch { stored, computed });
     }
@@ -164,6 +179,15 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, HeaderError>
         first_index: read_u64(bytes, 24),
         log_start_index: read_u64(bytes, 32),
         segment_size_bytes: read_u64(bytes, 40),
+        recycled: false,
+    };
+    let flags = read_u32(bytes, 48);
+    if flags & !SEGMENT_FLAG_RECYCLED != 0 {
+        return Err(HeaderError::BadField("flags", u64::from(flags)));
+    }
+    let header = SegmentHeader {
+        recycled: flags & SEGMENT_FLAG_RECYCLED != 0,
+        ..header
     };
     if header.first_index == 0 {
         return Err(HeaderError::BadField("first_index", 0));
@@ -206,6 +230,26 @@ pub fn encode_record(buffer: &mut BytesMut, segment_id: u64, entry: &Entry, dura
     buffer.resize(padded, 0);
 }
 
+/// The index field of a padding record: never a valid entry index.
+pub const PADDING_INDEX: u64 = 0;
+
+// Format: padding record. A record with index 0, term 0, durable_index 0 and a zero payload of
+// `payload_len` bytes, checksummed like any record. Recovery skips it; it holds no entry. It
+// lets a commit end on an alignment boundary (direct I/O writes whole pages).
+/// Appends a padding record of `payload_len` zero bytes (its total size is
+/// `record_size(payload_len)`).
+// Recovery already reads padding; only tests write it until a writer pads commits to alignment
+// boundaries (direct I/O).
+#[cfg_attr(not(test), allow(dead_code))]
+pub fn encode_padding(buffer: &mut BytesMut, segment_id: u64, payload_len: usize) {
+    let filler = Entry {
+        index: PADDING_INDEX,
+        term: 0,
+        payload: Bytes::from(vec![0u8; payload_len]),
+    };
+    encode_record(buffer, segment_id, &filler, 0);
+}
+
 /// The checksum of a record: seeded with the segment id, so records left over from another
 /// segment's life in the same bytes never validate.
 fn record_crc(segment_id: u64, header_tail_and_payload: &[u8]) -> u32 {
@@ -243,7 +287,9 @@ impl RecordHeader {
 
     /// True when all header bytes are zero: the unwritten part of a pre-zeroed segment.
     pub fn is_zero(bytes: &[u8]) -> bool {
-        bytes[..RECORD_HEADER_SIZE_BYTES].iter().all(|byte| *byte == 0)
+        bytes[..RECORD_HEADER_SIZE_BYTES]
+            .iter()
+            .all(|byte| *byte == 0)
     }
 
     /// The full on-disk size of this record.
@@ -296,6 +342,7 @@ mod tests {
             first_index: 100,
             log_start_index: 1,
             segment_size_bytes: 1 << 20,
+            recycled: true,
         };
         let block = encode_segment_header(&header);
         assert_eq!(block.len(), SEGMENT_HEADER_SIZE_BYTES);
@@ -331,6 +378,9 @@ mod tests {
         assert_eq!(parse_segment_file_name(&segment_file_name(42)), Some(42));
         assert_eq!(parse_segment_file_name("42.wal"), None);
         assert_eq!(parse_segment_file_name("0000000000000000004x.wal"), None);
-        assert_eq!(parse_segment_file_name(&format!("{}.tmp", segment_file_name(1))), None);
+        assert_eq!(
+            parse_segment_file_name(&format!("{}.tmp", segment_file_name(1))),
+            None
+        );
     }
 }

@@ -2,9 +2,9 @@
 //!
 //! The crate has two layers with a clean line between them:
 //!
-//! * the log (`Wal`, `BufferedWal`): entries, segments, recovery, truncation and purge;
+//! * the log ([`Wal`], [`BufferedWal`]): entries, segments, recovery, truncation and purge;
 //! * storage backends behind the [`Storage`] / [`StorageFile`] traits: [`TokioStorage`] (portable
-//!   default), `SimulatedStorage` (in memory, deterministic faults and crashes) and, with the
+//!   default), [`SimulatedStorage`] (in memory, deterministic faults and crashes) and, with the
 //!   `io-uring` feature on Linux, the io_uring backend.
 //!
 //! Durability is the product: no entry is reported durable before a successful fsync covers it,
@@ -15,12 +15,26 @@ mod error;
 mod format;
 mod limits;
 mod storage;
+mod wal;
 
 pub use error::{WalError, WalResult};
 pub use format::Entry;
-pub use storage::{create_storage, Storage, StorageFile, TokioStorage};
+#[cfg(feature = "baselines")]
+pub use storage::NaiveTokioStorage;
+pub use storage::{
+    create_storage, CrashReport, FaultConfig, FaultCounters, FaultKind, NoSpaceScope, OneShotFault,
+    SimulatedConfig, SimulatedStorage, Storage, StorageFile, TokioStorage,
+};
+pub use wal::config::{RecoveryMode, WalConfig};
+pub use wal::recovery::{RecoveryCut, RecoveryReport};
+pub use wal::{BufferedWal, BufferedWalConfig, SegmentInfo, Wal};
 
 /// Limits and defaults, as named constants.
 pub mod constants {
     pub use crate::limits::*;
 }
+
+/// The README's examples, compiled and run as doc-tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

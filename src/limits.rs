@@ -14,6 +14,14 @@ pub const RECORD_HEADER_SIZE_BYTES: usize = 32;
 /// records after damage only has to look at aligned offsets.
 pub const RECORD_ALIGNMENT_BYTES: usize = 8;
 
+/// Sector size of `SimulatedStorage`: the unit in which a crash keeps, loses or tears unsynced
+/// writes. 512 bytes is the smallest sector real devices expose, so it gives the finest tearing.
+pub const SIMULATED_SECTOR_SIZE_BYTES: usize = 512;
+
+/// Largest file `SimulatedStorage` accepts: 1 GiB (the largest segment). Files live in memory,
+/// so a stray huge offset must fail with EFBIG rather than allocate without bound.
+pub const SIMULATED_MAX_FILE_SIZE_BYTES: u64 = 1 << 30;
+
 /// Default maximum payload of one entry: 1 MiB.
 pub const DEFAULT_MAX_ENTRY_SIZE_BYTES: usize = 1 << 20;
 
@@ -36,6 +44,10 @@ pub const RECOVERY_READ_CHUNK_BYTES: usize = 4 << 20;
 
 /// Size of the zero-filled buffer used to pre-write new segments.
 pub const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
+
+/// Purged segment files kept for reuse instead of removed: reusing one overwrites blocks the
+/// file system has already allocated, where a new segment must be written out with zeros first.
+pub const RECYCLED_SEGMENTS_KEPT: usize = 2;
 
 /// Default interval between group commits of `BufferedWal`: 10 ms.
 pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 10;
@@ -65,8 +77,8 @@ const _: () = assert!(DEFAULT_MAX_ENTRY_SIZE_BYTES <= HARD_MAX_ENTRY_SIZE_BYTES)
 // The default segment holds many maximum-size entries.
 const _: () = assert!(
     DEFAULT_SEGMENT_SIZE_BYTES
-        >= (SEGMENT_HEADER_SIZE_BYTES + 16 * (RECORD_HEADER_SIZE_BYTES + DEFAULT_MAX_ENTRY_SIZE_BYTES))
-            as u64
+        >= (SEGMENT_HEADER_SIZE_BYTES
+            + 16 * (RECORD_HEADER_SIZE_BYTES + DEFAULT_MAX_ENTRY_SIZE_BYTES)) as u64
 );
 const _: () = assert!(MIN_SEGMENT_SIZE_BYTES <= DEFAULT_SEGMENT_SIZE_BYTES);
 const _: () = assert!(DEFAULT_SEGMENT_SIZE_BYTES <= MAX_SEGMENT_SIZE_BYTES);
@@ -77,6 +89,9 @@ const _: () = assert!(
     (SEGMENT_HEADER_SIZE_BYTES + RECORD_HEADER_SIZE_BYTES + HARD_MAX_ENTRY_SIZE_BYTES) as u64
         <= MAX_SEGMENT_SIZE_BYTES
 );
+// Segment headers fill whole simulated sectors, so tearing never straddles header and records.
+const _: () = assert!(SEGMENT_HEADER_SIZE_BYTES % SIMULATED_SECTOR_SIZE_BYTES == 0);
+const _: () = assert!(MAX_SEGMENT_SIZE_BYTES <= SIMULATED_MAX_FILE_SIZE_BYTES);
 const _: () = assert!(DEFAULT_FLUSH_INTERVAL_MS <= MAX_FLUSH_INTERVAL_MS);
 const _: () = assert!(DEFAULT_MAX_BUFFERED_ENTRIES <= HARD_MAX_BUFFERED_ENTRIES);
 const _: () = assert!(DEFAULT_MAX_BUFFERED_BYTES <= HARD_MAX_BUFFERED_BYTES);

@@ -15,8 +15,12 @@ mod cases {
         let storage = &harness.storage;
         storage.create_dir_all(&harness.dir).await.unwrap();
         let file = storage.open(&harness.dir.join("a")).await.unwrap();
-        file.write_at(0, Bytes::from_static(b"hello world")).await.unwrap();
-        file.write_at(6, Bytes::from_static(b"WORLD")).await.unwrap();
+        file.write_at(0, Bytes::from_static(b"hello world"))
+            .await
+            .unwrap();
+        file.write_at(6, Bytes::from_static(b"WORLD"))
+            .await
+            .unwrap();
         assert_eq!(&file.read_at(0, 11).await.unwrap()[..], b"hello WORLD");
         assert_eq!(&file.read_at(6, 100).await.unwrap()[..], b"WORLD");
         assert!(file.read_at(11, 4).await.unwrap().is_empty());
@@ -38,7 +42,9 @@ mod cases {
         let storage = &harness.storage;
         storage.create_dir_all(&harness.dir).await.unwrap();
         let file = storage.open(&harness.dir.join("a")).await.unwrap();
-        file.write_at(0, Bytes::from_static(b"abcdef")).await.unwrap();
+        file.write_at(0, Bytes::from_static(b"abcdef"))
+            .await
+            .unwrap();
         file.set_len(3).await.unwrap();
         assert_eq!(&file.read_at(0, 10).await.unwrap()[..], b"abc");
         file.set_len(5).await.unwrap();
@@ -52,7 +58,9 @@ mod cases {
         let storage = &harness.storage;
         storage.create_dir_all(&harness.dir).await.unwrap();
         let file = storage.open(&harness.dir.join("a")).await.unwrap();
-        file.write_at_and_sync(4, Bytes::from_static(b"data")).await.unwrap();
+        file.write_at_and_sync(4, Bytes::from_static(b"data"))
+            .await
+            .unwrap();
         file.sync().await.unwrap();
         assert_eq!(&file.read_at(4, 4).await.unwrap()[..], b"data");
     }
@@ -64,8 +72,16 @@ mod cases {
         storage.create_dir_all(&harness.dir).await.unwrap();
         let path = harness.dir.join("a");
         let file = storage.open(&path).await.unwrap();
-        file.write_at_and_sync(0, Bytes::from_static(b"durable")).await.unwrap();
+        file.write_at_and_sync(0, Bytes::from_static(b"durable"))
+            .await
+            .unwrap();
         storage.sync_dir(&harness.dir).await.unwrap();
+        // The directory itself was created by this test: its entry is durable only after a
+        // sync of its parent.
+        storage
+            .sync_dir(harness.dir.parent().unwrap())
+            .await
+            .unwrap();
         drop(file);
         harness.crash().await;
         let file = harness.storage.open(&path).await.unwrap();
@@ -76,7 +92,10 @@ mod cases {
     // directories, and remove and rename do what they say.
     pub async fn directory_operations(harness: Harness) {
         let storage = &harness.storage;
-        storage.create_dir_all(&harness.dir.join("sub")).await.unwrap();
+        storage
+            .create_dir_all(&harness.dir.join("sub"))
+            .await
+            .unwrap();
         for name in ["c", "a", "b"] {
             storage.open(&harness.dir.join(name)).await.unwrap();
         }
@@ -115,10 +134,60 @@ mod cases {
         assert!(!storage.exists(&missing).await.unwrap());
     }
 
+    // Proves misuse of paths fails with the io::ErrorKind the OS gives, identically on every
+    // backend: a path through a file, removing a directory, renaming a file over a directory,
+    // creating a directory where a file is, listing a file, renaming a missing file.
+    pub async fn error_kinds_match_the_os(harness: Harness) {
+        use std::io::ErrorKind;
+        let storage = &harness.storage;
+        let dir = &harness.dir;
+        storage.create_dir_all(&dir.join("sub")).await.unwrap();
+        storage.open(&dir.join("file")).await.unwrap();
+        let kind = |error: WalError| error.io_kind().expect("an Io error");
+        let through_file = dir.join("file").join("x");
+        assert_eq!(
+            kind(storage.open(&through_file).await.unwrap_err()),
+            ErrorKind::NotADirectory
+        );
+        assert_eq!(
+            kind(storage.exists(&through_file).await.unwrap_err()),
+            ErrorKind::NotADirectory
+        );
+        assert_eq!(
+            kind(storage.list(&dir.join("file")).await.unwrap_err()),
+            ErrorKind::NotADirectory
+        );
+        assert_eq!(
+            kind(storage.open(&dir.join("sub")).await.unwrap_err()),
+            ErrorKind::IsADirectory
+        );
+        assert_eq!(
+            kind(storage.remove(&dir.join("sub")).await.unwrap_err()),
+            ErrorKind::IsADirectory
+        );
+        let over_dir = storage.rename(&dir.join("file"), &dir.join("sub")).await;
+        assert_eq!(kind(over_dir.unwrap_err()), ErrorKind::IsADirectory);
+        let missing = storage
+            .rename(&dir.join("missing"), &dir.join("other"))
+            .await;
+        assert_eq!(kind(missing.unwrap_err()), ErrorKind::NotFound);
+        let into_missing = storage.open(&dir.join("missing").join("x")).await;
+        assert_eq!(kind(into_missing.unwrap_err()), ErrorKind::NotFound);
+        let over_file = storage.create_dir_all(&dir.join("file")).await;
+        assert_eq!(kind(over_file.unwrap_err()), ErrorKind::AlreadyExists);
+        assert_eq!(
+            kind(storage.sync_dir(&dir.join("missing")).await.unwrap_err()),
+            ErrorKind::NotFound
+        );
+    }
+
     // Proves opening a directory as a file is refused.
     pub async fn open_directory_is_refused(harness: Harness) {
         let storage = &harness.storage;
-        storage.create_dir_all(&harness.dir.join("d")).await.unwrap();
+        storage
+            .create_dir_all(&harness.dir.join("d"))
+            .await
+            .unwrap();
         assert!(storage.open(&harness.dir.join("d")).await.is_err());
     }
 
@@ -177,6 +246,7 @@ for_each_backend!(crate::cases;
     directory_operations,
     missing_paths_are_errors,
     open_directory_is_refused,
+    error_kinds_match_the_os,
     concurrent_writers_do_not_mix,
     huge_read_is_bounded_by_file_size,
 );

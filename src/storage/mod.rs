@@ -9,8 +9,9 @@
 //! * **Durability.** Once [`StorageFile::sync`] returns `Ok`, every write to that file that
 //!   *completed* before `sync` was *called* survives a crash (power loss included). Writes that
 //!   had not completed, or were issued after the call, may or may not survive, wholly or in part
-//!   (at sector granularity, in any subset). Creating, removing or renaming a file is durable only
-//!   after [`Storage::sync_dir`] on its parent directory returns `Ok`.
+//!   (at sector granularity, in any subset). Creating, removing or renaming a file, and creating a
+//!   directory with [`Storage::create_dir_all`], is durable only after [`Storage::sync_dir`] on
+//!   the parent directory returns `Ok`.
 //! * **Whole writes.** [`StorageFile::write_at`] writes all of `data` or returns an error; a
 //!   short write by the OS is continued internally, never reported as success.
 //! * **Short reads only at the end.** [`StorageFile::read_at`] returns exactly `len` bytes, or
@@ -36,8 +37,17 @@ use crate::error::WalResult;
 
 #[cfg(all(target_os = "linux", feature = "io-uring"))]
 mod io_uring;
+#[cfg(feature = "baselines")]
+mod naive_tokio;
+mod simulated;
 mod tokio_storage;
 
+#[cfg(feature = "baselines")]
+pub use naive_tokio::NaiveTokioStorage;
+pub use simulated::{
+    CrashReport, FaultConfig, FaultCounters, FaultKind, NoSpaceScope, OneShotFault,
+    SimulatedConfig, SimulatedStorage,
+};
 pub use tokio_storage::TokioStorage;
 
 /// A file system as the log sees it. Object safe: the log holds `Arc<dyn Storage>` or a concrete
@@ -68,7 +78,8 @@ pub trait Storage: Send + Sync + Debug + 'static {
     /// is found under exactly one of the two names. Durable after [`Storage::sync_dir`].
     async fn rename(&self, from: &Path, to: &Path) -> WalResult<()>;
 
-    /// Creates `dir` and its missing parents.
+    /// Creates `dir` and its missing parents. Each new directory is durable only after
+    /// [`Storage::sync_dir`] of its parent.
     async fn create_dir_all(&self, dir: &Path) -> WalResult<()>;
 
     /// Makes the creation, removal and renaming of entries of `dir` durable (fsync of the

@@ -121,7 +121,10 @@ impl Storage for TokioStorage {
 
     async fn create_dir_all(&self, dir: &Path) -> WalResult<()> {
         let owned = dir.to_path_buf();
-        blocking("create_dir_all", dir, move || std::fs::create_dir_all(&owned)).await
+        blocking("create_dir_all", dir, move || {
+            std::fs::create_dir_all(&owned)
+        })
+        .await
     }
 
     async fn sync_dir(&self, dir: &Path) -> WalResult<()> {

@@ -1,0 +1,360 @@
+//! Configuration, one-shot faults, counters and crash reports of [`SimulatedStorage`].
+//!
+//! [`SimulatedStorage`]: super::SimulatedStorage
+
+use std::path::Path;
+
+use crate::error::{WalError, WalResult};
+
+/// A kind of fault the simulator can inject. Each has a rate in [`FaultConfig`] and can be
+/// injected once (or N times) with [`OneShotFault`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FaultKind {
+    /// `write_at` (and `set_len`) fails with EIO; nothing is written.
+    WriteError,
+    /// `write_at` applies a random non-empty proper prefix of the data, then fails with EIO
+    /// (the OS wrote part of it and the continuation failed). Only writes of 2 or more bytes are
+    /// eligible.
+    ShortWrite,
+    /// `sync` fails with EIO and, as Linux does, drops the dirty data and marks it clean: a
+    /// random part of the unsynced writes reached the media, the rest never will.
+    SyncError,
+    /// `sync_dir` fails with EIO; the pending directory changes it covered are settled at
+    /// random (some reach the media, the rest never will).
+    SyncDirError,
+    /// `read_at` fails with EIO.
+    ReadError,
+    /// `read_at` returns the data with one bit flipped (the stored data is unchanged). Only
+    /// reads that return at least one byte are eligible.
+    ReadBitFlip,
+    /// A write fails with ENOSPC before writing anything. Which writes are eligible is chosen by
+    /// [`FaultConfig::no_space_scope`].
+    NoSpace,
+    /// `open` fails with EIO.
+    OpenError,
+    /// `list` fails with EIO.
+    ListError,
+    /// `remove` fails with EIO; nothing is removed.
+    RemoveError,
+    /// `rename` fails with EIO; nothing is renamed.
+    RenameError,
+}
+
+impl FaultKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [FaultKind; 11] = [
+        FaultKind::WriteError,
+        FaultKind::ShortWrite,
+        FaultKind::SyncError,
+        FaultKind::SyncDirError,
+        FaultKind::ReadError,
+        FaultKind::ReadBitFlip,
+        FaultKind::NoSpace,
+        FaultKind::OpenError,
+        FaultKind::ListError,
+        FaultKind::RemoveError,
+        FaultKind::RenameError,
+    ];
+}
+
+/// Which writes an injected ENOSPC ([`FaultKind::NoSpace`]) may hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NoSpaceScope {
+    /// Only writes that extend the file (overwrites of allocated blocks need no new space).
+    #[default]
+    ExtendingWrites,
+    /// Every write.
+    AllWrites,
+}
+
+/// Per-operation fault probabilities. Each rate is a probability in `[0, 1]` that one eligible
+/// operation fails that way; the default is 0 for all (no faults). Changeable at run time with
+/// [`SimulatedStorage::set_faults`](super::SimulatedStorage::set_faults), so a test can turn
+/// faults off before it verifies.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FaultConfig {
+    /// Probability that a `write_at` or `set_len` fails with EIO. Default 0.
+    pub write_error_rate: f64,
+    /// Probability that a `write_at` of 2+ bytes is applied in part and then fails. Default 0.
+    pub short_write_rate: f64,
+    /// Probability that a file `sync` fails (fsyncgate semantics). Default 0.
+    pub sync_error_rate: f64,
+    /// Probability that a `sync_dir` fails. Default 0.
+    pub sync_dir_error_rate: f64,
+    /// Probability that a `read_at` fails with EIO. Default 0.
+    pub read_error_rate: f64,
+    /// Probability that a non-empty `read_at` returns one flipped bit. Default 0.
+    pub read_bit_flip_rate: f64,
+    /// Probability that an eligible write fails with ENOSPC. Default 0.
+    pub no_space_rate: f64,
+    /// Which writes `no_space_rate` applies to. Default: extending writes only.
+    pub no_space_scope: NoSpaceScope,
+    /// Probability that an `open` fails with EIO. Default 0.
+    pub open_error_rate: f64,
+    /// Probability that a `list` fails with EIO. Default 0.
+    pub list_error_rate: f64,
+    /// Probability that a `remove` fails with EIO. Default 0.
+    pub remove_error_rate: f64,
+    /// Probability that a `rename` fails with EIO. Default 0.
+    pub rename_error_rate: f64,
+}
+
+impl FaultConfig {
+    /// No faults at all (the default).
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// The same rate for every fault kind; handy for soak runs.
+    pub fn uniform(rate: f64) -> Self {
+        FaultKind::ALL
+            .iter()
+            .fold(Self::none(), |config, kind| config.with_rate(*kind, rate))
+    }
+
+    /// This configuration with the rate of `kind` set to `rate`.
+    pub fn with_rate(mut self, kind: FaultKind, rate: f64) -> Self {
+        *self.rate_mut(kind) = rate;
+        self
+    }
+
+    /// The rate of `kind`.
+    pub fn rate(&self, kind: FaultKind) -> f64 {
+        match kind {
+            FaultKind::WriteError => self.write_error_rate,
+            FaultKind::ShortWrite => self.short_write_rate,
+            FaultKind::SyncError => self.sync_error_rate,
+            FaultKind::SyncDirError => self.sync_dir_error_rate,
+            FaultKind::ReadError => self.read_error_rate,
+            FaultKind::ReadBitFlip => self.read_bit_flip_rate,
+            FaultKind::NoSpace => self.no_space_rate,
+            FaultKind::OpenError => self.open_error_rate,
+            FaultKind::ListError => self.list_error_rate,
+            FaultKind::RemoveError => self.remove_error_rate,
+            FaultKind::RenameError => self.rename_error_rate,
+        }
+    }
+
+    fn rate_mut(&mut self, kind: FaultKind) -> &mut f64 {
+        match kind {
+            FaultKind::WriteError => &mut self.write_error_rate,
+            FaultKind::ShortWrite => &mut self.short_write_rate,
+            FaultKind::SyncError => &mut self.sync_error_rate,
+            FaultKind::SyncDirError => &mut self.sync_dir_error_rate,
+            FaultKind::ReadError => &mut self.read_error_rate,
+            FaultKind::ReadBitFlip => &mut self.read_bit_flip_rate,
+            FaultKind::NoSpace => &mut self.no_space_rate,
+            FaultKind::OpenError => &mut self.open_error_rate,
+            FaultKind::ListError => &mut self.list_error_rate,
+            FaultKind::RemoveError => &mut self.remove_error_rate,
+            FaultKind::RenameError => &mut self.rename_error_rate,
+        }
+    }
+
+    /// Checks that every rate is a finite probability in `[0, 1]`.
+    pub fn validate(&self) -> WalResult<()> {
+        for kind in FaultKind::ALL {
+            let rate = self.rate(kind);
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(WalError::InvalidConfig {
+                    field: rate_field_name(kind),
+                    reason: format!("is {rate}; a fault rate must be a probability in [0, 1]"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn rate_field_name(kind: FaultKind) -> &'static str {
+    match kind {
+        FaultKind::WriteError => "write_error_rate",
+        FaultKind::ShortWrite => "short_write_rate",
+        FaultKind::SyncError => "sync_error_rate",
+        FaultKind::SyncDirError => "sync_dir_error_rate",
+        FaultKind::ReadError => "read_error_rate",
+        FaultKind::ReadBitFlip => "read_bit_flip_rate",
+        FaultKind::NoSpace => "no_space_rate",
+        FaultKind::OpenError => "open_error_rate",
+        FaultKind::ListError => "list_error_rate",
+        FaultKind::RemoveError => "remove_error_rate",
+        FaultKind::RenameError => "rename_error_rate",
+    }
+}
+
+/// A deterministic fault: the next `count` eligible operations of `kind` fail, optionally only
+/// those whose path contains `path_contains`. One-shot faults fire before rates are consulted
+/// and draw nothing from the random generator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OneShotFault {
+    /// The fault to inject.
+    pub kind: FaultKind,
+    /// How many eligible operations fail (at least 1).
+    pub count: u32,
+    /// When set, only operations on a path whose display form contains this text are eligible
+    /// (for `rename`, the source path).
+    pub path_contains: Option<String>,
+}
+
+impl OneShotFault {
+    /// The next eligible operation of `kind`, on any path, fails.
+    pub fn next(kind: FaultKind) -> Self {
+        Self {
+            kind,
+            count: 1,
+            path_contains: None,
+        }
+    }
+
+    /// Only operations on paths containing `text` are eligible.
+    pub fn on_path(mut self, text: impl Into<String>) -> Self {
+        self.path_contains = Some(text.into());
+        self
+    }
+
+    /// The next `count` eligible operations fail.
+    pub fn times(mut self, count: u32) -> Self {
+        self.count = count;
+        self
+    }
+
+    pub(super) fn matches(&self, kind: FaultKind, path: &Path) -> bool {
+        self.kind == kind
+            && self.count > 0
+            && self
+                .path_contains
+                .as_ref()
+                .is_none_or(|text| path.to_string_lossy().contains(text.as_str()))
+    }
+}
+
+/// Everything needed to build a [`SimulatedStorage`](super::SimulatedStorage).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimulatedConfig {
+    /// Seed of every random choice (faults and crash outcomes).
+    pub seed: u64,
+    /// Total capacity in bytes: a write that would make the sum of the lengths of all linked
+    /// files exceed it writes what fits and fails with ENOSPC. `None` (the default) is unlimited.
+    pub capacity_bytes: Option<u64>,
+    /// Whether file handles poison themselves after a failed write, `set_len` or sync, as the
+    /// storage contract requires. Default `true`. Turn it off only in meta-tests that show a
+    /// log which retries a failed fsync is caught by the checker.
+    pub poison_files: bool,
+    /// Fault rates. Default: none.
+    pub faults: FaultConfig,
+}
+
+impl SimulatedConfig {
+    /// A fault-free, unlimited, poisoning configuration with the given seed.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            capacity_bytes: None,
+            poison_files: true,
+            faults: FaultConfig::none(),
+        }
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> WalResult<()> {
+        self.faults.validate()
+    }
+}
+
+/// How many faults of each kind were injected (by rate or one-shot), plus ENOSPC from the
+/// capacity limit and crashes. A snapshot: later faults do not change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FaultCounters {
+    /// Injected write (and `set_len`) EIO errors.
+    pub write_errors: u64,
+    /// Injected partial writes that then failed.
+    pub short_writes: u64,
+    /// Injected fsync failures.
+    pub sync_errors: u64,
+    /// Injected directory fsync failures.
+    pub sync_dir_errors: u64,
+    /// Injected read errors.
+    pub read_errors: u64,
+    /// Reads returned with a flipped bit.
+    pub read_bit_flips: u64,
+    /// Injected ENOSPC errors.
+    pub no_space_errors: u64,
+    /// Injected open errors.
+    pub open_errors: u64,
+    /// Injected list errors.
+    pub list_errors: u64,
+    /// Injected remove errors.
+    pub remove_errors: u64,
+    /// Injected rename errors.
+    pub rename_errors: u64,
+    /// Writes refused with ENOSPC because the configured capacity was reached.
+    pub capacity_exhausted: u64,
+    /// Crashes of every kind.
+    pub crashes: u64,
+}
+
+impl FaultCounters {
+    /// The number of injected faults of `kind`.
+    pub fn get(&self, kind: FaultKind) -> u64 {
+        match kind {
+            FaultKind::WriteError => self.write_errors,
+            FaultKind::ShortWrite => self.short_writes,
+            FaultKind::SyncError => self.sync_errors,
+            FaultKind::SyncDirError => self.sync_dir_errors,
+            FaultKind::ReadError => self.read_errors,
+            FaultKind::ReadBitFlip => self.read_bit_flips,
+            FaultKind::NoSpace => self.no_space_errors,
+            FaultKind::OpenError => self.open_errors,
+            FaultKind::ListError => self.list_errors,
+            FaultKind::RemoveError => self.remove_errors,
+            FaultKind::RenameError => self.rename_errors,
+        }
+    }
+
+    pub(super) fn bump(&mut self, kind: FaultKind) {
+        let counter = match kind {
+            FaultKind::WriteError => &mut self.write_errors,
+            FaultKind::ShortWrite => &mut self.short_writes,
+            FaultKind::SyncError => &mut self.sync_errors,
+            FaultKind::SyncDirError => &mut self.sync_dir_errors,
+            FaultKind::ReadError => &mut self.read_errors,
+            FaultKind::ReadBitFlip => &mut self.read_bit_flips,
+            FaultKind::NoSpace => &mut self.no_space_errors,
+            FaultKind::OpenError => &mut self.open_errors,
+            FaultKind::ListError => &mut self.list_errors,
+            FaultKind::RemoveError => &mut self.remove_errors,
+            FaultKind::RenameError => &mut self.rename_errors,
+        };
+        *counter += 1;
+    }
+}
+
+/// What one crash (or one failed sync's writeback) did to the unsynced state: how many pending
+/// operations survived, were lost, or were torn. Tests use it to prove an outcome happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CrashReport {
+    /// Unsynced writes that reached the media whole.
+    pub writes_kept: u64,
+    /// Unsynced writes lost whole.
+    pub writes_lost: u64,
+    /// Unsynced writes settled sector by sector (some sectors kept, lost or torn).
+    pub writes_partial: u64,
+    /// Sectors of partial writes that reached the media.
+    pub sectors_kept: u64,
+    /// Sectors of partial writes that were lost (the old bytes remain).
+    pub sectors_lost: u64,
+    /// Sectors left holding a prefix of the new data followed by the old bytes.
+    pub sectors_torn_prefix: u64,
+    /// Sectors left holding zeros where the new data was to go.
+    pub sectors_torn_zeros: u64,
+    /// Sectors left holding random garbage where the new data was to go.
+    pub sectors_torn_garbage: u64,
+    /// Unsynced `set_len` calls that took effect.
+    pub set_lens_kept: u64,
+    /// Unsynced `set_len` calls that were lost.
+    pub set_lens_lost: u64,
+    /// Unsynced directory changes (create, remove, rename, mkdir) that took effect.
+    pub directory_changes_kept: u64,
+    /// Unsynced directory changes that were lost.
+    pub directory_changes_lost: u64,
+}

@@ -1,0 +1,642 @@
+//! `BufferedWal`: group commit for many concurrent appenders.
+//!
+//! Appenders push entries into a shared buffer and get their index back at once. A flusher task
+//! writes everything buffered since the last flush with one write and makes it durable with one
+//! fsync (a linked write+fsync on io_uring), then publishes the new durable index to every
+//! waiter. A flush happens when the oldest buffered entry has waited `flush_interval_ms`, when
+//! the buffer reaches its entry or byte limit, or on request; with `flush_interval_ms = 0` it
+//! happens as soon as anything is buffered, so concurrent appenders still share fsyncs.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{watch, Notify, RwLock};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::error::{WalError, WalResult};
+use crate::format::Entry;
+use crate::limits::{
+    DEFAULT_FLUSH_INTERVAL_MS, DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_BUFFERED_ENTRIES,
+    HARD_MAX_BUFFERED_BYTES, HARD_MAX_BUFFERED_ENTRIES, HARD_MAX_ENTRY_SIZE_BYTES,
+    MAX_FLUSH_INTERVAL_MS,
+};
+use crate::storage::Storage;
+use crate::wal::Wal;
+
+/// Configuration of a [`BufferedWal`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BufferedWalConfig {
+    /// Longest time an entry waits in the buffer before a flush, in milliseconds. Default 10;
+    /// at most [`MAX_FLUSH_INTERVAL_MS`]. Zero flushes as soon as anything is buffered (every
+    /// append is synced; concurrent appends share a sync).
+    pub flush_interval_ms: u64,
+    /// Buffered entries that trigger a flush before the interval elapses; appenders wait while
+    /// the buffer is this full. Default 4096; within `[1, HARD_MAX_BUFFERED_ENTRIES]`.
+    pub max_buffered_entries: usize,
+    /// Buffered payload bytes that trigger a flush; appenders wait while the buffer is this
+    /// full. Default 4 MiB; within `[1, HARD_MAX_BUFFERED_BYTES]`.
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for BufferedWalConfig {
+    fn default() -> Self {
+        Self {
+            flush_interval_ms: DEFAULT_FLUSH_INTERVAL_MS,
+            max_buffered_entries: DEFAULT_MAX_BUFFERED_ENTRIES,
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
+        }
+    }
+}
+
+impl BufferedWalConfig {
+    /// Checks every field against its bounds.
+    pub fn validate(&self) -> WalResult<()> {
+        if self.flush_interval_ms > MAX_FLUSH_INTERVAL_MS {
+            return Err(WalError::InvalidConfig {
+                field: "flush_interval_ms",
+                reason: format!(
+                    "is {}, must be at most {MAX_FLUSH_INTERVAL_MS}",
+                    self.flush_interval_ms
+                ),
+            });
+        }
+        if !(1..=HARD_MAX_BUFFERED_ENTRIES).contains(&self.max_buffered_entries) {
+            return Err(WalError::InvalidConfig {
+                field: "max_buffered_entries",
+                reason: format!(
+                    "is {}, must be within [1, {HARD_MAX_BUFFERED_ENTRIES}]",
+                    self.max_buffered_entries
+                ),
+            });
+        }
+        if !(1..=HARD_MAX_BUFFERED_BYTES).contains(&self.max_buffered_bytes) {
+            return Err(WalError::InvalidConfig {
+                field: "max_buffered_bytes",
+                reason: format!(
+                    "is {}, must be within [1, {HARD_MAX_BUFFERED_BYTES}]",
+                    self.max_buffered_bytes
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The buffer shared by appenders and the flusher.
+#[derive(Debug)]
+struct Buffer {
+    /// Entries appended but not yet taken by a flush.
+    pending: Vec<Entry>,
+    pending_bytes: usize,
+    /// Entries taken by the flush under way: still readable from here until written.
+    in_flight: Vec<Entry>,
+    /// When the oldest pending entry was appended.
+    oldest_pending_at: Option<Instant>,
+    /// Index the next append must carry.
+    next_index: u64,
+    /// Term of the last appended entry.
+    last_term: u64,
+    /// First index of the log.
+    first_index: u64,
+    /// A flush was requested explicitly.
+    flush_requested: bool,
+    /// No more appends; the flusher drains and stops.
+    closing: bool,
+    /// A truncate or purge is under way: appends wait, so the index they get cannot race the
+    /// log being rewritten.
+    maintenance: bool,
+    /// The failure that poisoned the log, if any.
+    failure: Option<Arc<WalError>>,
+}
+
+/// What waiters watch: how far the log is durable, or why it never will be.
+#[derive(Debug, Clone)]
+struct Durability {
+    index: u64,
+    failure: Option<Arc<WalError>>,
+    /// Set when the flusher has stopped.
+    stopped: bool,
+}
+
+#[derive(Debug)]
+struct Shared<S: Storage + Clone> {
+    config: BufferedWalConfig,
+    max_entry_size_bytes: usize,
+    buffer: Mutex<Buffer>,
+    wal: RwLock<Wal<S>>,
+    wake_flusher: Notify,
+    durability: watch::Sender<Durability>,
+}
+
+impl<S: Storage + Clone> Shared<S> {
+    fn buffer(&self) -> MutexGuard<'_, Buffer> {
+        // A panic while holding this lock is a bug in this module; the buffer itself stays
+        // consistent (every update is a few field writes), so keep going.
+        self.buffer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn poisoned_error(failure: &Arc<WalError>) -> WalError {
+        WalError::Poisoned {
+            first_failure: Arc::clone(failure),
+        }
+    }
+}
+
+/// The part of the handle whose drop stops the flusher.
+#[derive(Debug)]
+struct Handle<S: Storage + Clone> {
+    shared: Arc<Shared<S>>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<S: Storage + Clone> Drop for Handle<S> {
+    fn drop(&mut self) {
+        // The last handle is gone: the flusher writes what is buffered and stops.
+        self.shared.buffer().closing = true;
+        self.shared.wake_flusher.notify_one();
+    }
+}
+
+/// A cloneable, group-committing front of a [`Wal`], shared by many concurrent appenders.
+///
+/// Two acknowledgements: [`BufferedWal::append`] returns the index once the entry is buffered
+/// (readable, not durable); [`BufferedWal::append_durable`] and [`BufferedWal::wait_durable`]
+/// resolve only after the fsync covering that index succeeded. A failed flush reaches every
+/// waiter and poisons the log.
+#[derive(Debug)]
+pub struct BufferedWal<S: Storage + Clone> {
+    handle: Arc<Handle<S>>,
+}
+
+impl<S: Storage + Clone> Clone for BufferedWal<S> {
+    fn clone(&self) -> Self {
+        Self {
+            handle: Arc::clone(&self.handle),
+        }
+    }
+}
+
+impl<S: Storage + Clone> BufferedWal<S> {
+    /// Wraps an open log and starts its flusher task on the current tokio runtime.
+    pub fn new(wal: Wal<S>, config: BufferedWalConfig) -> WalResult<Self> {
+        config.validate()?;
+        let durable = wal.durable_index();
+        let buffer = Buffer {
+            pending: Vec::new(),
+            pending_bytes: 0,
+            in_flight: Vec::new(),
+            oldest_pending_at: None,
+            next_index: wal.last_index() + 1,
+            last_term: wal.terms.last_term().unwrap_or(0),
+            first_index: wal.first_index(),
+            flush_requested: false,
+            closing: false,
+            maintenance: false,
+            failure: None,
+        };
+        let (durability, _) = watch::channel(Durability {
+            index: durable,
+            failure: None,
+            stopped: false,
+        });
+        let shared = Arc::new(Shared {
+            max_entry_size_bytes: wal.config().max_entry_size_bytes,
+            config,
+            buffer: Mutex::new(buffer),
+            wal: RwLock::new(wal),
+            wake_flusher: Notify::new(),
+            durability,
+        });
+        let flusher = tokio::spawn(run_flusher(Arc::clone(&shared)));
+        Ok(Self {
+            handle: Arc::new(Handle {
+                shared,
+                flusher: Mutex::new(Some(flusher)),
+            }),
+        })
+    }
+
+    fn shared(&self) -> &Shared<S> {
+        &self.handle.shared
+    }
+
+    /// Buffers `entry`, which must carry the next index, and returns that index. The entry is
+    /// readable at once and durable after a later flush; see [`BufferedWal::wait_durable`].
+    /// Waits while the buffer is full.
+    pub async fn append(&self, entry: Entry) -> WalResult<u64> {
+        self.append_with(entry, false).await
+    }
+
+    /// Buffers an entry of `term` and `payload` at the next index, which it returns: for many
+    /// concurrent appenders that do not track indexes themselves.
+    pub async fn append_next(&self, term: u64, payload: Bytes) -> WalResult<u64> {
+        let entry = Entry {
+            index: 0,
+            term,
+            payload,
+        };
+        self.append_with(entry, true).await
+    }
+
+    /// Validates and buffers `entry`, first giving it the next index when `assign_index`.
+    async fn append_with(&self, mut entry: Entry, assign_index: bool) -> WalResult<u64> {
+        let shared = self.shared();
+        let mut durability = shared.durability.subscribe();
+        loop {
+            {
+                let mut buffer = shared.buffer();
+                let full = buffer.pending.len() >= shared.config.max_buffered_entries
+                    || buffer.pending_bytes >= shared.config.max_buffered_bytes;
+                if !buffer.maintenance {
+                    if assign_index {
+                        entry.index = buffer.next_index;
+                    }
+                    self.check_append(&buffer, &entry)?;
+                    if !full {
+                        return Ok(self.push(&mut buffer, entry));
+                    }
+                    buffer.flush_requested = true;
+                } else if let Some(failure) = &buffer.failure {
+                    return Err(Shared::<S>::poisoned_error(failure));
+                }
+            }
+            shared.wake_flusher.notify_one();
+            // A flush frees the buffer and publishes a new durable index (or a failure); the
+            // end of a truncate or purge publishes too.
+            if durability.changed().await.is_err() {
+                return Err(WalError::Shutdown {
+                    what: "buffered log",
+                });
+            }
+        }
+    }
+
+    fn check_append(&self, buffer: &Buffer, entry: &Entry) -> WalResult<()> {
+        if let Some(failure) = &buffer.failure {
+            return Err(Shared::<S>::poisoned_error(failure));
+        }
+        if buffer.closing {
+            return Err(WalError::Shutdown {
+                what: "buffered log",
+            });
+        }
+        if entry.index != buffer.next_index {
+            return Err(WalError::NonContiguousIndex {
+                expected: buffer.next_index,
+                last: buffer.next_index - 1,
+                got: entry.index,
+            });
+        }
+        if entry.term < buffer.last_term {
+            return Err(WalError::TermRegression {
+                index: entry.index,
+                term: entry.term,
+                previous_term: buffer.last_term,
+            });
+        }
+        if entry.payload.len() > self.shared().max_entry_size_bytes {
+            return Err(WalError::EntryTooLarge {
+                index: entry.index,
+                size: entry.payload.len(),
+                max: self.shared().max_entry_size_bytes,
+                hard_max: HARD_MAX_ENTRY_SIZE_BYTES,
+            });
+        }
+        Ok(())
+    }
+
+    fn push(&self, buffer: &mut Buffer, entry: Entry) -> u64 {
+        let shared = self.shared();
+        let index = entry.index;
+        buffer.next_index += 1;
+        buffer.last_term = entry.term;
+        buffer.pending_bytes += entry.payload.len();
+        buffer.pending.push(entry);
+        buffer.oldest_pending_at.get_or_insert_with(Instant::now);
+        let due = shared.config.flush_interval_ms == 0
+            || buffer.pending.len() == 1
+            || buffer.pending.len() >= shared.config.max_buffered_entries
+            || buffer.pending_bytes >= shared.config.max_buffered_bytes;
+        if due {
+            // The first pending entry starts the interval timer; limits flush at once.
+            shared.wake_flusher.notify_one();
+        }
+        index
+    }
+
+    /// Buffers `entry` and waits until it is durable. Returns its index.
+    pub async fn append_durable(&self, entry: Entry) -> WalResult<u64> {
+        let index = self.append(entry).await?;
+        self.wait_durable(index).await?;
+        Ok(index)
+    }
+
+    /// Waits until every entry up to `index` is durable. Fails if a flush failed first, if the
+    /// log shut down first, or if `index` was never appended.
+    pub async fn wait_durable(&self, index: u64) -> WalResult<()> {
+        let shared = self.shared();
+        {
+            let buffer = shared.buffer();
+            if index >= buffer.next_index {
+                return Err(WalError::InvalidArgument(format!(
+                    "cannot wait for index {index}: the last appended index is {}",
+                    buffer.next_index - 1
+                )));
+            }
+        }
+        let mut durability = shared.durability.subscribe();
+        loop {
+            {
+                let state = durability.borrow_and_update();
+                if state.index >= index {
+                    return Ok(());
+                }
+                if let Some(failure) = &state.failure {
+                    return Err(Shared::<S>::poisoned_error(failure));
+                }
+                if state.stopped {
+                    return Err(WalError::Shutdown {
+                        what: "buffered log",
+                    });
+                }
+            }
+            if durability.changed().await.is_err() {
+                return Err(WalError::Shutdown {
+                    what: "buffered log",
+                });
+            }
+        }
+    }
+
+    /// Flushes everything buffered now and waits until it is durable.
+    pub async fn flush(&self) -> WalResult<()> {
+        let shared = self.shared();
+        let last = {
+            let mut buffer = shared.buffer();
+            if let Some(failure) = &buffer.failure {
+                return Err(Shared::<S>::poisoned_error(failure));
+            }
+            buffer.flush_requested = true;
+            buffer.next_index - 1
+        };
+        shared.wake_flusher.notify_one();
+        if last <= shared.durability.borrow().index {
+            return Ok(());
+        }
+        self.wait_durable(last).await
+    }
+
+    /// The last appended (buffered) index.
+    pub fn last_index(&self) -> u64 {
+        self.shared().buffer().next_index - 1
+    }
+
+    /// The first index of the log.
+    pub fn first_index(&self) -> u64 {
+        self.shared().buffer().first_index
+    }
+
+    /// The highest index known durable.
+    pub fn durable_index(&self) -> u64 {
+        self.shared().durability.borrow().index
+    }
+
+    /// Reads entry `index`, from the buffer if it is not written yet.
+    pub async fn read(&self, index: u64) -> WalResult<Entry> {
+        let shared = self.shared();
+        {
+            let buffer = shared.buffer();
+            if let Some(entry) = find_buffered(&buffer, index) {
+                return Ok(entry);
+            }
+        }
+        shared.wal.read().await.read(index).await
+    }
+
+    /// Reads entries `[from, to)` (see [`Wal::read_range`]), buffered ones included.
+    pub async fn read_range(&self, from: u64, to: u64, max_bytes: usize) -> WalResult<Vec<Entry>> {
+        let shared = self.shared();
+        let wal = shared.wal.read().await;
+        // Holding the log's read lock keeps the flusher from moving entries out of the buffer.
+        let mut entries = wal.read_range(from, to, max_bytes).await?;
+        let mut payload_bytes: usize = entries.iter().map(|entry| entry.payload.len()).sum();
+        let mut next = entries.last().map_or(from, |entry| entry.index + 1);
+        if next <= wal.last_index() && next < to {
+            return Ok(entries); // Stopped by max_bytes.
+        }
+        let buffer = shared.buffer();
+        while next < to {
+            let Some(entry) = find_buffered(&buffer, next) else {
+                break;
+            };
+            payload_bytes += entry.payload.len();
+            if payload_bytes > max_bytes && !entries.is_empty() {
+                break;
+            }
+            entries.push(entry);
+            next += 1;
+        }
+        Ok(entries)
+    }
+
+    /// Removes every entry after `index` (buffered or written), durably. Waiters on removed
+    /// indexes are resolved by whatever entry later becomes durable at that index.
+    pub async fn truncate_after(&self, index: u64) -> WalResult<()> {
+        let shared = self.shared();
+        let mut wal = shared.wal.write().await;
+        let keep = self.take_pending_through(index)?;
+        let result = async {
+            if !keep.is_empty() {
+                wal.append_batch_durable(&keep).await?;
+            }
+            wal.truncate_after(index).await
+        }
+        .await;
+        self.after_maintenance(&wal, result)
+    }
+
+    /// Removes whole segments below `index` (see [`Wal::purge_before`]); buffered entries are
+    /// written first.
+    pub async fn purge_before(&self, index: u64) -> WalResult<()> {
+        let shared = self.shared();
+        let mut wal = shared.wal.write().await;
+        let keep = self.take_pending_through(u64::MAX)?;
+        let result = async {
+            if !keep.is_empty() {
+                wal.append_batch_durable(&keep).await?;
+            }
+            wal.purge_before(index).await
+        }
+        .await;
+        self.after_maintenance(&wal, result)
+    }
+
+    /// Takes the pending entries up to `index` for writing and drops the rest. Called with the
+    /// log's write lock held, so no flush is under way.
+    fn take_pending_through(&self, index: u64) -> WalResult<Vec<Entry>> {
+        let mut buffer = self.shared().buffer();
+        if let Some(failure) = &buffer.failure {
+            return Err(Shared::<S>::poisoned_error(failure));
+        }
+        let mut keep = std::mem::take(&mut buffer.pending);
+        keep.retain(|entry| entry.index <= index);
+        // Readable from the buffer until written.
+        buffer.in_flight = keep.clone();
+        buffer.maintenance = true;
+        buffer.pending_bytes = 0;
+        buffer.oldest_pending_at = None;
+        Ok(keep)
+    }
+
+    /// Brings the buffer and the durable index in line with the log after truncate or purge.
+    fn after_maintenance(&self, wal: &Wal<S>, result: WalResult<()>) -> WalResult<()> {
+        let shared = self.shared();
+        let mut buffer = shared.buffer();
+        buffer.maintenance = false;
+        buffer.in_flight.clear();
+        if let Err(error) = result {
+            let failure = Arc::new(error.duplicate());
+            buffer.failure = Some(Arc::clone(&failure));
+            shared
+                .durability
+                .send_modify(|state| state.failure = Some(failure));
+            return Err(error);
+        }
+        buffer.next_index = wal.last_index() + 1;
+        buffer.last_term = wal.terms.last_term().unwrap_or(0);
+        buffer.first_index = wal.first_index();
+        let durable = wal.durable_index();
+        shared.durability.send_modify(|state| state.index = durable);
+        Ok(())
+    }
+
+    /// Flushes what is buffered, stops the flusher and closes the log. Other clones get
+    /// [`WalError::Shutdown`] afterwards.
+    pub async fn close(&self) -> WalResult<()> {
+        let shared = self.shared();
+        shared.buffer().closing = true;
+        shared.wake_flusher.notify_one();
+        let flusher = self
+            .handle
+            .flusher
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(flusher) = flusher {
+            let _ = flusher.await;
+        }
+        let mut wal = shared.wal.write().await;
+        wal.close().await?;
+        match &shared.buffer().failure {
+            Some(failure) => Err(Shared::<S>::poisoned_error(failure)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The entry `index` if it is pending or in flight.
+fn find_buffered(buffer: &Buffer, index: u64) -> Option<Entry> {
+    [&buffer.in_flight, &buffer.pending]
+        .into_iter()
+        .find_map(|entries| {
+            let first = entries.first()?.index;
+            let position = index.checked_sub(first)? as usize;
+            entries.get(position).cloned()
+        })
+}
+
+/// What the flusher should do next.
+enum Next {
+    Flush,
+    Wait(Option<Instant>),
+    Stop,
+}
+
+/// Decides, under the buffer lock, whether a flush is due.
+fn next_step(buffer: &Buffer, config: &BufferedWalConfig) -> Next {
+    if buffer.failure.is_some() {
+        return Next::Stop;
+    }
+    if buffer.pending.is_empty() {
+        return if buffer.closing {
+            Next::Stop
+        } else {
+            Next::Wait(None)
+        };
+    }
+    let deadline = buffer
+        .oldest_pending_at
+        .map(|oldest| oldest + Duration::from_millis(config.flush_interval_ms));
+    let due = buffer.closing
+        || buffer.flush_requested
+        || config.flush_interval_ms == 0
+        || buffer.pending.len() >= config.max_buffered_entries
+        || buffer.pending_bytes >= config.max_buffered_bytes
+        || deadline.is_some_and(|deadline| deadline <= Instant::now());
+    if due {
+        Next::Flush
+    } else {
+        Next::Wait(deadline)
+    }
+}
+
+/// The flusher task: waits for a due flush, writes and syncs the batch, publishes the result.
+async fn run_flusher<S: Storage + Clone>(shared: Arc<Shared<S>>) {
+    loop {
+        let step = next_step(&shared.buffer(), &shared.config);
+        match step {
+            Next::Stop => break,
+            Next::Wait(None) => shared.wake_flusher.notified().await,
+            Next::Wait(Some(deadline)) => {
+                tokio::select! {
+                    _ = shared.wake_flusher.notified() => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
+                }
+            }
+            Next::Flush => flush_once(&shared).await,
+        }
+    }
+    shared.durability.send_modify(|state| state.stopped = true);
+}
+
+/// Writes and syncs everything pending in one batch.
+async fn flush_once<S: Storage + Clone>(shared: &Shared<S>) {
+    // The log's write lock is taken before the batch, so truncate and purge (which take it
+    // too) never see a batch taken but not yet written.
+    let mut wal = shared.wal.write().await;
+    let batch = {
+        let mut buffer = shared.buffer();
+        buffer.in_flight = std::mem::take(&mut buffer.pending);
+        buffer.pending_bytes = 0;
+        buffer.oldest_pending_at = None;
+        buffer.flush_requested = false;
+        buffer.in_flight.clone()
+    };
+    if batch.is_empty() {
+        return;
+    }
+    let result = wal.append_batch_durable(&batch).await;
+    let mut buffer = shared.buffer();
+    buffer.in_flight.clear();
+    match result {
+        Ok(()) => {
+            let durable = wal.durable_index();
+            drop(buffer);
+            shared.durability.send_modify(|state| state.index = durable);
+        }
+        Err(error) => {
+            tracing::error!(%error, "group commit failed; the log is poisoned");
+            let failure = Arc::new(error);
+            buffer.failure = Some(Arc::clone(&failure));
+            buffer.pending.clear();
+            drop(buffer);
+            shared
+                .durability
+                .send_modify(|state| state.failure = Some(failure));
+        }
+    }
+}

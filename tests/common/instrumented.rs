@@ -1,0 +1,142 @@
+//! A storage wrapper for tests: counts syncs and writes, and fails syncs on demand, around any
+//! backend.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use helix_wal::{Storage, StorageFile, WalError, WalResult};
+
+/// Counters and switches shared by the wrapper and its files. Counters leave out files being
+/// prepared (`*.tmp`), which the log zero-fills in the background.
+#[derive(Debug, Default)]
+pub struct Probe {
+    /// File syncs, including the sync half of write_at_and_sync.
+    pub syncs: AtomicU64,
+    /// File writes, including the write half of write_at_and_sync.
+    pub writes: AtomicU64,
+    /// When set, every file sync fails with EIO (and the write half of write_at_and_sync
+    /// still happens first).
+    pub fail_syncs: AtomicBool,
+}
+
+impl Probe {
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::SeqCst)
+    }
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
+    }
+}
+
+/// Wraps a backend with a [`Probe`].
+#[derive(Debug, Clone)]
+pub struct Instrumented {
+    pub inner: Arc<dyn Storage>,
+    pub probe: Arc<Probe>,
+}
+
+impl Instrumented {
+    pub fn new(inner: Arc<dyn Storage>) -> Self {
+        Self {
+            inner,
+            probe: Arc::new(Probe::default()),
+        }
+    }
+}
+
+fn injected(path: &Path) -> WalError {
+    WalError::Io {
+        op: "fsync",
+        path: path.to_path_buf(),
+        source: std::io::Error::from_raw_os_error(5),
+    }
+}
+
+#[async_trait]
+impl Storage for Instrumented {
+    fn name(&self) -> &'static str {
+        "instrumented"
+    }
+    async fn open(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
+        let inner = self.inner.open(path).await?;
+        Ok(Arc::new(InstrumentedFile {
+            inner,
+            probe: self.probe.clone(),
+        }))
+    }
+    async fn exists(&self, path: &Path) -> WalResult<bool> {
+        self.inner.exists(path).await
+    }
+    async fn list(&self, dir: &Path) -> WalResult<Vec<PathBuf>> {
+        self.inner.list(dir).await
+    }
+    async fn is_dir(&self, path: &Path) -> WalResult<bool> {
+        self.inner.is_dir(path).await
+    }
+    async fn remove(&self, path: &Path) -> WalResult<()> {
+        self.inner.remove(path).await
+    }
+    async fn rename(&self, from: &Path, to: &Path) -> WalResult<()> {
+        self.inner.rename(from, to).await
+    }
+    async fn create_dir_all(&self, dir: &Path) -> WalResult<()> {
+        self.inner.create_dir_all(dir).await
+    }
+    async fn sync_dir(&self, dir: &Path) -> WalResult<()> {
+        self.inner.sync_dir(dir).await
+    }
+}
+
+#[derive(Debug)]
+struct InstrumentedFile {
+    inner: Arc<dyn StorageFile>,
+    probe: Arc<Probe>,
+}
+
+impl InstrumentedFile {
+    fn count(&self, counter: &AtomicU64) {
+        let preparing = self.inner.path().to_string_lossy().ends_with(".tmp");
+        if !preparing {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[async_trait]
+impl StorageFile for InstrumentedFile {
+    fn path(&self) -> &Path {
+        self.inner.path()
+    }
+    async fn write_at(&self, offset: u64, data: Bytes) -> WalResult<()> {
+        self.count(&self.probe.writes);
+        self.inner.write_at(offset, data).await
+    }
+    async fn read_at(&self, offset: u64, len: usize) -> WalResult<Bytes> {
+        self.inner.read_at(offset, len).await
+    }
+    async fn size(&self) -> WalResult<u64> {
+        self.inner.size().await
+    }
+    async fn set_len(&self, len: u64) -> WalResult<()> {
+        self.inner.set_len(len).await
+    }
+    async fn sync(&self) -> WalResult<()> {
+        self.count(&self.probe.syncs);
+        if self.probe.fail_syncs.load(Ordering::SeqCst) {
+            return Err(injected(self.inner.path()));
+        }
+        self.inner.sync().await
+    }
+    async fn write_at_and_sync(&self, offset: u64, data: Bytes) -> WalResult<()> {
+        if self.probe.fail_syncs.load(Ordering::SeqCst) {
+            self.write_at(offset, data).await?;
+            return self.sync().await;
+        }
+        self.count(&self.probe.writes);
+        self.count(&self.probe.syncs);
+        self.inner.write_at_and_sync(offset, data).await
+    }
+}
