@@ -93,7 +93,11 @@ mod uring {
             .file(SHIM_SOURCE)
             .include(SHIM_DIR)
             .flag("-isystem")
-            .flag(include.to_str().unwrap_or_else(|| fail("non-UTF-8 include path")))
+            .flag(
+                include
+                    .to_str()
+                    .unwrap_or_else(|| fail("non-UTF-8 include path")),
+            )
             .flag("-std=gnu11")
             .flag("-Wall")
             .flag("-Wextra")
@@ -113,6 +117,7 @@ mod uring {
             .default_enum_style(bindgen::EnumVariation::Consts)
             .prepend_enum_name(false)
             .layout_tests(true)
+            .derive_default(true)
             .generate()
             .unwrap_or_else(|error| {
                 fail(&format!(

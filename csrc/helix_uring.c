@@ -172,6 +172,23 @@ static int setup_uring(struct helix_ring *ring, const struct helix_ring_config *
     return ret;
 }
 
+/* Checks that the kernel supports every opcode the ring uses. */
+static int check_opcodes(struct helix_ring *ring)
+{
+    static const int needed[] = {IORING_OP_READ, IORING_OP_WRITE, IORING_OP_FSYNC,
+                                 IORING_OP_READ_FIXED, IORING_OP_WRITE_FIXED};
+    struct io_uring_probe *probe = io_uring_get_probe_ring(&ring->uring);
+    if (!probe)
+        return -EOPNOTSUPP;
+    int ret = 0;
+    for (size_t i = 0; i < sizeof(needed) / sizeof(needed[0]); i++) {
+        if (!io_uring_opcode_supported(probe, needed[i]))
+            ret = -EOPNOTSUPP;
+    }
+    io_uring_free_probe(probe);
+    return ret;
+}
+
 /* Allocates and registers the fixed-buffer pool. A refusal (RLIMIT_MEMLOCK: ENOMEM) is not
  * an error: the ring then uses plain reads and writes. */
 static void register_pool(struct helix_ring *ring, const struct helix_ring_config *config)
@@ -271,6 +288,12 @@ int helix_ring_create(const struct helix_ring_config *config, struct helix_ring 
     if (ret == 0)
         ret = setup_uring(ring, config);
     if (ret < 0) {
+        release_resources(ring);
+        return ret;
+    }
+    ret = check_opcodes(ring);
+    if (ret < 0) {
+        io_uring_queue_exit(&ring->uring);
         release_resources(ring);
         return ret;
     }
@@ -557,6 +580,11 @@ static void start_request(struct helix_ring *ring, const struct helix_ring_hooks
     ring->in_flight++;
     atomic_store_explicit(&ring->counters.in_flight, ring->in_flight, memory_order_relaxed);
     bump(&ring->counters.requests_started, 1);
+    int transfers = request->opcode == HELIX_OP_READ || request->opcode == HELIX_OP_WRITE;
+    if (transfers && request->len == 0) {
+        finish_request(ring, hooks, request);
+        return;
+    }
     attach_fixed_buffer(ring, request);
     prepare_round(ring, hooks, request);
 }

@@ -46,6 +46,8 @@ struct helix_request {
     uint8_t *buf;
     int32_t fd;
     uint32_t opcode;
+    /* The owner's own tag (e.g. a slot index); the ring never reads or changes it. */
+    uint64_t user_data;
     /* ---- owned by the ring while the request is in flight ---- */
     /* Bytes transferred so far (reads and writes). */
     uint64_t done;
@@ -128,7 +130,8 @@ struct helix_ring_stats {
 
 struct helix_ring;
 
-/* Creates a ring; must be called on the thread that will call `helix_ring_run`. */
+/* Creates a ring; must be called on the thread that will call `helix_ring_run`. Fails with
+ * -EOPNOTSUPP when the kernel lacks an opcode the ring needs (read, write, fsync: Linux 5.6). */
 int helix_ring_create(const struct helix_ring_config *config, struct helix_ring **out);
 
 /* Runs the loop until `helix_ring_request_stop` was called, the queue is empty and no request
