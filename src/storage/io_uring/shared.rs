@@ -435,8 +435,10 @@ impl Drop for Completion<'_> {
             Ordering::Acquire,
         );
         if abandoned.is_err() {
-            // Completed meanwhile: this side owns the slot and frees it.
-            drop(self.shared.take_outcome(self.index));
+            // Completed meanwhile: this side owns the slot and frees it. Nobody will see the
+            // result, so a failed write poisons its file here.
+            let outcome = self.shared.take_outcome(self.index);
+            poison_if_failed_write(&outcome);
         }
     }
 }
