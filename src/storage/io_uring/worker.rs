@@ -60,11 +60,13 @@ impl Worker {
     pub(crate) fn shutdown(&self) {
         self.shared.close();
         self.shared.ring.request_stop();
-        let thread = match self.thread.lock() {
-            Ok(mut guard) => guard.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
+        // The join happens under the lock, so a concurrent caller returns only after the
+        // drain has ended too. (Shutdown path only: the hot path takes no lock.)
+        let mut guard = match self.thread.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some(thread) = thread {
+        if let Some(thread) = guard.take() {
             if thread.join().is_err() {
                 tracing::error!("the io_uring ring thread panicked");
             }
