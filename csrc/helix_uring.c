@@ -342,9 +342,9 @@ void helix_ring_request_stop(struct helix_ring *ring)
     helix_ring_notify(ring);
 }
 
-void helix_ring_arm_short_write(struct helix_ring *ring, uint32_t bytes)
+void helix_ring_arm_short_write(struct helix_ring *ring, uint32_t armed)
 {
-    atomic_store_explicit(&ring->short_write_armed, bytes != 0, memory_order_release);
+    atomic_store_explicit(&ring->short_write_armed, armed != 0, memory_order_release);
 }
 
 uint32_t helix_ring_max_requests(const struct helix_ring *ring)

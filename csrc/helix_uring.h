@@ -151,10 +151,11 @@ void helix_ring_read_stats(const struct helix_ring *ring, struct helix_ring_stat
 /* Largest number of requests that may be handed to the ring at once. */
 uint32_t helix_ring_max_requests(const struct helix_ring *ring);
 
-/* Test hook, thread safe: the next write of more than `bytes` bytes (bytes below one page) is
- * made to transfer only its first `bytes` bytes, for real, by the kernel (its source buffer is
- * placed so that the rest of it is unreadable), to exercise recovery from short writes. 0 disarms. */
-void helix_ring_arm_short_write(struct helix_ring *ring, uint32_t bytes);
+/* Test hook, thread safe: when `armed` is non-zero, the next write that crosses a page boundary
+ * of its file transfers, for real, only the bytes up to that boundary: its source is placed so
+ * that the rest is unreadable, the kernel faults there and reports a short write (cancelling a
+ * linked fsync). Exercises the recovery from short writes. 0 disarms. */
+void helix_ring_arm_short_write(struct helix_ring *ring, uint32_t armed);
 
 /* Frees the ring. Only after `helix_ring_run` returned (or was never called). */
 void helix_ring_destroy(struct helix_ring *ring);

@@ -373,6 +373,11 @@ unsafe fn shared_from(context: *mut c_void) -> &'static Shared {
     unsafe { &*context.cast::<Shared>() }
 }
 
+/// Hook: takes the next queued request.
+///
+/// # Safety
+///
+/// `context` must come from [`Shared::hooks`] of a live table; called only by the ring thread.
 unsafe extern "C" fn hook_pop(context: *mut c_void) -> *mut sys::helix_request {
     // SAFETY: the shim passes back the context of `Shared::hooks`, alive during `run`.
     let shared = unsafe { shared_from(context) };
@@ -382,12 +387,23 @@ unsafe extern "C" fn hook_pop(context: *mut c_void) -> *mut sys::helix_request {
     }
 }
 
+/// Hook: whether a request is queued.
+///
+/// # Safety
+///
+/// As for [`hook_pop`].
 unsafe extern "C" fn hook_has_pending(context: *mut c_void) -> i32 {
     // SAFETY: as in `hook_pop`.
     let shared = unsafe { shared_from(context) };
     i32::from(!shared.queue.is_empty())
 }
 
+/// Hook: a request is finished.
+///
+/// # Safety
+///
+/// As for [`hook_pop`]; `request` must be a request `hook_pop` handed out and not yet
+/// completed.
 unsafe extern "C" fn hook_complete(context: *mut c_void, request: *mut sys::helix_request) {
     // SAFETY: as in `hook_pop`.
     let shared = unsafe { shared_from(context) };
