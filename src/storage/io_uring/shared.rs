@@ -138,7 +138,8 @@ impl std::fmt::Debug for Shared {
 impl Shared {
     /// A table sized to what the ring accepts at once.
     pub(crate) fn new(ring: Ring) -> Shared {
-        let count = ring.max_requests().max(1);
+        let count = ring.max_requests();
+        assert!(count > 0, "a ring accepts at least one request");
         let free = ArrayQueue::new(count as usize);
         for index in 0..count {
             free.push(index)

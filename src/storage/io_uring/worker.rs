@@ -46,6 +46,19 @@ impl Worker {
                 return Err(setup_error(libc::EIO));
             }
         };
+        if ring.max_requests() == 0 {
+            // Cannot happen with a validated sq_entries (>= 2 gives a CQ of >= 4); refuse
+            // rather than build a table the ring would never take requests from.
+            drop(shared_sender);
+            let _ = thread.join();
+            return Err(WalError::InvalidConfig {
+                field: "sq_entries",
+                reason: format!(
+                    "is {}, too small for one request in flight",
+                    config.sq_entries
+                ),
+            });
+        }
         let shared = Arc::new(Shared::new(ring));
         // The thread waits for this message; it cannot have gone away.
         let _ = shared_sender.send(Arc::clone(&shared));
