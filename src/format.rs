@@ -3,7 +3,10 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::limits::{RECORD_ALIGNMENT_BYTES, RECORD_HEADER_SIZE_BYTES, SEGMENT_HEADER_SIZE_BYTES};
+use crate::limits::{
+    MAX_LOG_INDEX, MAX_SEGMENT_ID, MAX_SEGMENT_SIZE_BYTES, MIN_SEGMENT_SIZE_BYTES,
+    RECORD_ALIGNMENT_BYTES, RECORD_HEADER_SIZE_BYTES, SEGMENT_HEADER_SIZE_BYTES,
+};
 
 /// Magic number at the start of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"HLXWALSG";
@@ -189,8 +192,15 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, HeaderError>
         recycled: flags & SEGMENT_FLAG_RECYCLED != 0,
         ..header
     };
-    if header.first_index == 0 {
-        return Err(HeaderError::BadField("first_index", 0));
+    if header.first_index == 0 || header.first_index > MAX_LOG_INDEX {
+        return Err(HeaderError::BadField("first_index", header.first_index));
+    }
+    if header.segment_id > MAX_SEGMENT_ID {
+        return Err(HeaderError::BadField("segment_id", header.segment_id));
+    }
+    let size = header.segment_size_bytes;
+    if !(MIN_SEGMENT_SIZE_BYTES..=MAX_SEGMENT_SIZE_BYTES).contains(&size) || size % 4096 != 0 {
+        return Err(HeaderError::BadField("segment_size_bytes", size));
     }
     if header.log_start_index > header.first_index {
         return Err(HeaderError::BadField(
@@ -326,7 +336,7 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
     if stem.len() != 20 || !stem.bytes().all(|byte| byte.is_ascii_digit()) {
         return None;
     }
-    stem.parse().ok()
+    stem.parse().ok().filter(|id| *id <= MAX_SEGMENT_ID)
 }
 
 #[cfg(test)]
@@ -355,6 +365,60 @@ mod tests {
                 "flip at byte {position} went unnoticed"
             );
         }
+    }
+
+    // Proves CRC-valid headers with out-of-bounds fields (an index or id that index arithmetic
+    // could overflow, an impossible segment size) are rejected as damage, not trusted.
+    #[test]
+    fn out_of_bounds_header_fields_are_damage() {
+        let good = SegmentHeader {
+            segment_id: 7,
+            first_index: 100,
+            log_start_index: 1,
+            segment_size_bytes: 1 << 20,
+            recycled: false,
+        };
+        let cases = [
+            SegmentHeader {
+                first_index: u64::MAX,
+                ..good
+            },
+            SegmentHeader {
+                first_index: MAX_LOG_INDEX + 1,
+                ..good
+            },
+            SegmentHeader {
+                segment_id: u64::MAX,
+                ..good
+            },
+            SegmentHeader {
+                segment_size_bytes: 1 << 40,
+                ..good
+            },
+            SegmentHeader {
+                segment_size_bytes: (1 << 20) + 1,
+                ..good
+            },
+            SegmentHeader {
+                segment_size_bytes: 0,
+                ..good
+            },
+            SegmentHeader {
+                log_start_index: 101,
+                ..good
+            },
+        ];
+        for bad in cases {
+            let block = encode_segment_header(&bad);
+            assert!(
+                matches!(
+                    decode_segment_header(&block),
+                    Err(HeaderError::BadField(..))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(parse_segment_file_name("18446744073709551615.wal"), None);
     }
 
     // Proves a record validates under its own segment id and fails under another, and that the

@@ -22,6 +22,13 @@ pub const SIMULATED_SECTOR_SIZE_BYTES: usize = 512;
 /// so a stray huge offset must fail with EFBIG rather than allocate without bound.
 pub const SIMULATED_MAX_FILE_SIZE_BYTES: u64 = 1 << 30;
 
+/// Largest entry index the log accepts (2^62). Far beyond any real log; bounding it keeps index
+/// arithmetic on values read from disk free of overflow.
+pub const MAX_LOG_INDEX: u64 = 1 << 62;
+
+/// Largest segment id (2^62), for the same reason.
+pub const MAX_SEGMENT_ID: u64 = 1 << 62;
+
 /// Default maximum payload of one entry: 1 MiB.
 pub const DEFAULT_MAX_ENTRY_SIZE_BYTES: usize = 1 << 20;
 
@@ -96,3 +103,6 @@ const _: () = assert!(DEFAULT_FLUSH_INTERVAL_MS <= MAX_FLUSH_INTERVAL_MS);
 const _: () = assert!(DEFAULT_MAX_BUFFERED_ENTRIES <= HARD_MAX_BUFFERED_ENTRIES);
 const _: () = assert!(DEFAULT_MAX_BUFFERED_BYTES <= HARD_MAX_BUFFERED_BYTES);
 const _: () = assert!(HARD_MAX_ENTRY_SIZE_BYTES <= HARD_MAX_READ_RANGE_BYTES);
+// An index or id at the maximum plus a full segment of the smallest records never overflows.
+const _: () = assert!(MAX_LOG_INDEX.checked_add(MAX_SEGMENT_SIZE_BYTES).is_some());
+const _: () = assert!(MAX_SEGMENT_ID < u64::MAX);

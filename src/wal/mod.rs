@@ -8,7 +8,7 @@ use tokio::task::JoinHandle;
 use crate::error::{Poison, WalError, WalResult};
 use crate::format::{encode_record, record_size, Entry, SegmentHeader};
 use crate::limits::{
-    HARD_MAX_ENTRY_SIZE_BYTES, HARD_MAX_READ_RANGE_BYTES, RECOVERY_READ_CHUNK_BYTES,
+    HARD_MAX_ENTRY_SIZE_BYTES, HARD_MAX_READ_RANGE_BYTES, MAX_LOG_INDEX, RECOVERY_READ_CHUNK_BYTES,
     RECYCLED_SEGMENTS_KEPT,
 };
 use crate::storage::Storage;
@@ -239,6 +239,11 @@ impl<S: Storage + Clone> Wal<S> {
     /// never decrease, payloads within the limit. Nothing is written if any entry fails.
     fn validate_batch(&self, entries: &[Entry]) -> WalResult<()> {
         let mut previous_term = self.terms.last_term().unwrap_or(0);
+        if self.next_index + entries.len() as u64 > MAX_LOG_INDEX {
+            return Err(WalError::InvalidArgument(format!(
+                "indexes above {MAX_LOG_INDEX} are not supported"
+            )));
+        }
         for (expected, entry) in (self.next_index..).zip(entries) {
             if entry.index != expected {
                 return Err(WalError::NonContiguousIndex {
@@ -596,6 +601,11 @@ impl<S: Storage + Clone> Wal<S> {
     /// must carry `index` (installing a snapshot on a follower).
     pub async fn purge_before(&mut self, index: u64) -> WalResult<()> {
         self.check_writable()?;
+        if index > MAX_LOG_INDEX {
+            return Err(WalError::InvalidArgument(format!(
+                "cannot purge before {index}: indexes above {MAX_LOG_INDEX} are not supported"
+            )));
+        }
         if index > self.next_index {
             return self.reset_to(index).await;
         }
@@ -670,9 +680,11 @@ impl<S: Storage + Clone> Wal<S> {
         if self.closed {
             return Ok(());
         }
-        let synced = if self.poison.is_poisoned() || self.read_only {
+        let synced = if self.read_only {
             Ok(())
         } else {
+            // A poisoned log reports its poisoning here too: a caller using close as its final
+            // flush must not be told success.
             self.sync().await
         };
         self.closed = true;

@@ -233,25 +233,12 @@ pub(crate) async fn recover<S: Storage + ?Sized>(
     let listed = list_segments(storage, dir, read_only, &mut report).await?;
     let next_segment_id = listed.last().map_or(1, |(id, _)| id + 1);
     let mut found = Vec::with_capacity(listed.len());
-    // Point-in-time recovery keeps the intact prefix: a damaged header ends the log before that
-    // segment, and it and every later segment are discarded.
-    let mut header_cut: Option<(PathBuf, String)> = None;
-    let mut discarded = Vec::new();
-    for (position, (id, path)) in listed.into_iter().enumerate() {
-        if header_cut.is_some() {
-            discarded.push(path);
-            continue;
-        }
-        match open_segment(storage, id, path.clone()).await {
-            Ok(segment) => found.push(segment),
-            Err(error @ WalError::Corrupt { .. })
-                if config.recovery_mode == RecoveryMode::PointInTime && position > 0 =>
-            {
-                header_cut = Some((path.clone(), error.to_string()));
-                discarded.push(path);
-            }
-            Err(error) => return Err(error),
-        }
+    for (id, path) in listed {
+        // A damaged header is an error in every mode, PointInTime included: its first index is
+        // unknown, so recovery cannot tell which records of older segments it superseded (a
+        // truncation's segment hides the truncated entries), and keeping the older segments
+        // whole could bring truncated entries back.
+        found.push(open_segment(storage, id, path).await?);
     }
     let (live, mut dead) = build_chain(found, &mut report);
     let log_start_index = live
@@ -276,17 +263,6 @@ pub(crate) async fn recover<S: Storage + ?Sized>(
     }
     // Everything after a cut is discarded.
     dead.extend(live.map(|found| found.path));
-    if let Some((path, reason)) = header_cut {
-        if !state.needs_new_segment {
-            let last = state
-                .segments
-                .last()
-                .expect("the first segment's header is intact");
-            let next = last.next_index();
-            state.cut(path, 0, next, format!("damaged segment header: {reason}"));
-        }
-        dead.extend(discarded);
-    }
     let next_index = state
         .segments
         .last()
@@ -318,22 +294,21 @@ async fn finish<S: Storage + ?Sized>(
     if let Some(last) = state.segments.last() {
         last.file.sync().await?;
     }
-    if dead.is_empty() {
-        return Ok(());
-    }
     if state.needs_new_segment {
         // The removal must wait until the segment that supersedes them exists; the log creates
         // it and then removes these. Keep them listed for it.
         state.report.segments_removed = dead;
-        return Ok(());
+    } else {
+        for path in &dead {
+            tracing::info!(path = %path.display(), "removing a superseded segment");
+            storage.remove(path).await?;
+        }
+        state.report.segments_removed = dead;
     }
-    for path in &dead {
-        tracing::info!(path = %path.display(), "removing a superseded segment");
-        storage.remove(path).await?;
-    }
-    storage.sync_dir(dir).await?;
-    state.report.segments_removed = dead;
-    Ok(())
+    // Always: a previous run may have been killed between renaming a segment into place (or
+    // removing one) and syncing the directory. What recovery just read must be what a power
+    // loss keeps before anything is appended to it.
+    storage.sync_dir(dir).await
 }
 
 /// The scan of the live chain, segment by segment.
@@ -363,7 +338,8 @@ impl ChainScan<'_> {
             bound: found.bound,
             min_term: self.terms.last_term().unwrap_or(0),
             max_payload_bytes: self.config.max_entry_size_bytes,
-            file_size: found.file_size,
+            // Bytes past the size the header declares are not part of the segment.
+            file_size: found.file_size.min(found.header.segment_size_bytes),
         };
         let scan = scan_records(found.file.as_ref(), found.header.segment_id, limits).await?;
         self.report.bytes_read += scan.bytes_read;
@@ -417,7 +393,11 @@ impl ChainScan<'_> {
             bound: None,
             min_term: 0,
             max_payload_bytes: self.config.max_entry_size_bytes,
-            file_size: segment.file.size().await?,
+            file_size: segment
+                .file
+                .size()
+                .await?
+                .min(segment.header.segment_size_bytes),
         };
         let tail = examine_tail(
             segment.file.as_ref(),

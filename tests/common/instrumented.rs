@@ -20,6 +20,9 @@ pub struct Probe {
     /// When set, every file sync fails with EIO (and the write half of write_at_and_sync
     /// still happens first).
     pub fail_syncs: AtomicBool,
+    /// When set, directory syncs never complete: with a timeout around the caller, this is a
+    /// process killed between a rename or removal and the directory sync.
+    pub stall_dir_syncs: AtomicBool,
 }
 
 impl Probe {
@@ -86,6 +89,9 @@ impl Storage for Instrumented {
         self.inner.create_dir_all(dir).await
     }
     async fn sync_dir(&self, dir: &Path) -> WalResult<()> {
+        if self.probe.stall_dir_syncs.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         self.inner.sync_dir(dir).await
     }
 }
