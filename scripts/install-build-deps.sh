@@ -1,31 +1,53 @@
 #!/usr/bin/env bash
-# Installs what building with the io-uring feature needs on Debian/Ubuntu: libclang (for
-# bindgen). Idempotent: does nothing when libclang is already there.
+# Installs what `cargo build --features io-uring` needs beyond a C compiler: libclang, which
+# bindgen loads to read the C shim's header (and the bundled liburing header).
+#
+# Idempotent: does nothing when libclang is already present; runs `apt-get update` only when the
+# package index does not know the package yet. The portable build (no feature) needs none of this.
 set -euo pipefail
 
-have_libclang() {
-    ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so' && return 0
-    compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null && return 0
-    compgen -G '/usr/lib/x86_64-linux-gnu/libclang*.so*' >/dev/null && return 0
-    return 1
+libclang_present() {
+    # LIBCLANG_PATH, when set, is where bindgen looks first. libclang-cpp is a different library:
+    # bindgen needs libclang itself.
+    local dir
+    for dir in "${LIBCLANG_PATH:-}" /usr/lib/llvm-*/lib /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/lib; do
+        [[ -n "${dir}" ]] || continue
+        if compgen -G "${dir}/libclang.so*" >/dev/null \
+            || compgen -G "${dir}/libclang-[0-9]*.so*" >/dev/null; then
+            return 0
+        fi
+    done
+    ldconfig -p 2>/dev/null | grep -Eq 'libclang(-[0-9.]+)?\.so'
 }
 
-if [ "$(uname -s)" != "Linux" ]; then
-    echo "not Linux: the io-uring feature is Linux-only, nothing to install"
+if [[ "$(uname -s)" != "Linux" ]]; then
+    echo "install-build-deps: not Linux; the io-uring feature is Linux-only, nothing to install"
     exit 0
 fi
-if have_libclang; then
-    echo "libclang: present"
+
+if libclang_present; then
+    echo "install-build-deps: libclang is present; nothing to do"
     exit 0
 fi
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "libclang is missing and apt-get is not available: install libclang (LLVM) for bindgen" >&2
+
+if ! command -v apt-get >/dev/null; then
+    echo "install-build-deps: libclang is missing and apt-get is not available;" \
+        "install libclang (the clang or llvm package of your distribution) or set LIBCLANG_PATH" >&2
     exit 1
 fi
+
 SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-echo "libclang: installing libclang-dev"
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libclang-dev >/dev/null
-have_libclang || { echo "libclang-dev installed but libclang not found" >&2; exit 1; }
-echo "libclang: installed"
+if [[ "$(id -u)" -ne 0 ]]; then
+    SUDO="sudo"
+fi
+
+# Refresh the package index only when it does not know the package (a fresh container has none).
+if ! apt-cache show libclang-dev >/dev/null 2>&1; then
+    ${SUDO} apt-get update
+fi
+DEBIAN_FRONTEND=noninteractive ${SUDO} apt-get install -y --no-install-recommends libclang-dev
+if ! libclang_present; then
+    echo "install-build-deps: libclang-dev is installed but libclang was not found" >&2
+    exit 1
+fi
+echo "install-build-deps: installed libclang-dev"

@@ -22,9 +22,12 @@ pub use format::Entry;
 #[cfg(feature = "baselines")]
 pub use storage::NaiveTokioStorage;
 pub use storage::{
-    create_storage, CrashReport, FaultConfig, FaultCounters, FaultKind, NoSpaceScope, OneShotFault,
-    SimulatedConfig, SimulatedStorage, Storage, StorageFile, TokioStorage,
+    create_storage, create_storage_with, CrashReport, FaultConfig, FaultCounters, FaultKind,
+    NoSpaceScope, OneShotFault, SimulatedConfig, SimulatedStorage, Storage, StorageChoice,
+    StorageFile, StorageOptions, TokioStorage,
 };
+#[cfg(all(target_os = "linux", feature = "io-uring"))]
+pub use storage::{io_uring_limits, IoUringConfig, IoUringStats, IoUringWorkerStorage};
 pub use wal::config::{RecoveryMode, WalConfig};
 pub use wal::recovery::{RecoveryCut, RecoveryReport};
 pub use wal::{BufferedWal, BufferedWalConfig, SegmentInfo, Wal};

@@ -35,11 +35,15 @@ use bytes::Bytes;
 
 use crate::error::WalResult;
 
+#[cfg(all(target_os = "linux", feature = "io-uring"))]
+mod io_uring;
 #[cfg(feature = "baselines")]
 mod naive_tokio;
 mod simulated;
 mod tokio_storage;
 
+#[cfg(all(target_os = "linux", feature = "io-uring"))]
+pub use io_uring::{limits as io_uring_limits, IoUringConfig, IoUringStats, IoUringWorkerStorage};
 #[cfg(feature = "baselines")]
 pub use naive_tokio::NaiveTokioStorage;
 pub use simulated::{
@@ -149,10 +153,90 @@ impl<S: Storage + ?Sized> Storage for Arc<S> {
     }
 }
 
+/// Options of [`create_storage_with`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct StorageOptions {
+    /// Try the io_uring backend when it is compiled in (default `true`). `false` always picks
+    /// [`TokioStorage`].
+    pub prefer_io_uring: bool,
+    /// Configuration of the io_uring backend.
+    #[cfg(all(target_os = "linux", feature = "io-uring"))]
+    pub io_uring: IoUringConfig,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        Self {
+            prefer_io_uring: true,
+            #[cfg(all(target_os = "linux", feature = "io-uring"))]
+            io_uring: IoUringConfig::default(),
+        }
+    }
+}
+
+/// The backend [`create_storage_with`] chose, and why.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct StorageChoice {
+    /// The backend.
+    pub storage: Arc<dyn Storage>,
+    /// Its name ([`Storage::name`]): `"io_uring"` or `"tokio"`.
+    pub backend: &'static str,
+    /// Why io_uring was not chosen although it was compiled in and preferred (for example
+    /// [`WalError::IoUringUnavailable`](crate::WalError) naming the cause and the fix).
+    pub fallback_reason: Option<crate::WalError>,
+}
+
 /// Creates the best storage backend available: the io_uring backend when the crate is built with
 /// the `io-uring` feature on Linux and the kernel allows it, otherwise [`TokioStorage`]. When
 /// io_uring is compiled in but unusable, a warning names the cause and the fix.
 pub fn create_storage() -> Arc<dyn Storage> {
+    create_storage_with(&StorageOptions::default()).storage
+}
+
+/// [`create_storage`] with options, reporting which backend it chose and why. Logs the choice
+/// (info) and the reason for a fallback (warning, with the fix).
+pub fn create_storage_with(options: &StorageOptions) -> StorageChoice {
+    let fallback_reason = match try_io_uring(options) {
+        Ok(storage) => {
+            tracing::info!(backend = "io_uring", "using the io_uring storage backend");
+            return StorageChoice {
+                storage,
+                backend: "io_uring",
+                fallback_reason: None,
+            };
+        }
+        Err(reason) => reason,
+    };
+    if let Some(reason) = &fallback_reason {
+        tracing::warn!(
+            backend = "tokio",
+            reason = %reason,
+            "io_uring is unavailable, falling back to the tokio::fs storage backend"
+        );
+    }
     tracing::info!(backend = "tokio", "using the tokio::fs storage backend");
-    Arc::new(TokioStorage::new())
+    StorageChoice {
+        storage: Arc::new(TokioStorage::new()),
+        backend: "tokio",
+        fallback_reason,
+    }
+}
+
+/// The io_uring backend, or why not (`None` when it was not compiled in or not preferred).
+#[cfg(all(target_os = "linux", feature = "io-uring"))]
+fn try_io_uring(options: &StorageOptions) -> Result<Arc<dyn Storage>, Option<crate::WalError>> {
+    if !options.prefer_io_uring {
+        return Err(None);
+    }
+    match IoUringWorkerStorage::with_config(options.io_uring.clone()) {
+        Ok(storage) => Ok(Arc::new(storage)),
+        Err(error) => Err(Some(error)),
+    }
+}
+
+#[cfg(not(all(target_os = "linux", feature = "io-uring")))]
+fn try_io_uring(_options: &StorageOptions) -> Result<Arc<dyn Storage>, Option<crate::WalError>> {
+    Err(None)
 }

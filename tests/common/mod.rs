@@ -9,6 +9,10 @@ use std::sync::Arc;
 
 use helix_wal::{SimulatedStorage, Storage, TokioStorage};
 
+/// Set (to anything) to make io_uring tests fail instead of skipping when the machine refuses
+/// io_uring.
+pub const REQUIRE_IO_URING_VARIABLE: &str = "HELIX_REQUIRE_IO_URING";
+
 /// Seed of `Harness::simulated` when `HELIX_SIM_SEED` is not set.
 pub const DEFAULT_SIMULATION_SEED: u64 = 0x5EED_0000_0001;
 
@@ -49,6 +53,44 @@ impl Harness {
             simulated: None,
             _temp: Some(temp),
         }
+    }
+
+    /// The io_uring backend (default configuration) on a fresh temporary directory, or `None`
+    /// after saying loudly on stderr that the test is skipped because this machine refuses
+    /// io_uring. With `HELIX_REQUIRE_IO_URING=1` in the environment a refusal fails the test
+    /// instead, so CI on a machine known to support io_uring can never pass by skipping.
+    #[cfg(all(target_os = "linux", feature = "io-uring"))]
+    pub fn io_uring() -> Option<Harness> {
+        Self::io_uring_with(helix_wal::IoUringConfig::default()).map(|(harness, _storage)| harness)
+    }
+
+    /// Like [`Harness::io_uring`] with a configuration; also returns the concrete backend (for
+    /// its counters and test hooks).
+    #[cfg(all(target_os = "linux", feature = "io-uring"))]
+    pub fn io_uring_with(
+        config: helix_wal::IoUringConfig,
+    ) -> Option<(Harness, helix_wal::IoUringWorkerStorage)> {
+        let storage = match helix_wal::IoUringWorkerStorage::with_config(config) {
+            Ok(storage) => storage,
+            Err(error) => {
+                if std::env::var_os(REQUIRE_IO_URING_VARIABLE).is_some() {
+                    panic!("io_uring is required ({REQUIRE_IO_URING_VARIABLE}) but: {error}");
+                }
+                eprintln!(
+                    "\n*** SKIPPED: io_uring test not run: {error}\n*** (set \
+                     {REQUIRE_IO_URING_VARIABLE}=1 to make this a failure)\n"
+                );
+                return None;
+            }
+        };
+        let temp = tempfile::tempdir().expect("create temporary directory");
+        let harness = Harness {
+            storage: Arc::new(storage.clone()),
+            dir: temp.path().join("log"),
+            simulated: None,
+            _temp: Some(temp),
+        };
+        Some((harness, storage))
     }
 
     /// The naive tokio::fs baseline on a fresh temporary directory.
@@ -113,6 +155,20 @@ macro_rules! for_each_backend {
                 async fn $case() {
                     use $cases as cases;
                     cases::$case($crate::common::Harness::simulated()).await;
+                }
+            )*
+        }
+        #[cfg(all(target_os = "linux", feature = "io-uring"))]
+        mod io_uring_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    use $cases as cases;
+                    // A refusal of io_uring is reported on stderr by the harness.
+                    let Some(harness) = $crate::common::Harness::io_uring() else {
+                        return;
+                    };
+                    cases::$case(harness).await;
                 }
             )*
         }

@@ -65,17 +65,25 @@ pub enum Backend {
     Tokio,
     /// The plan's original design: Mutex<tokio::fs::File>, seek + write_all + sync_data.
     NaiveTokioFs,
+    /// IoUringWorkerStorage: one io_uring on a dedicated thread, linked write + fsync (needs the
+    /// `io-uring` feature on Linux).
+    IoUring,
 }
 
 impl Backend {
     fn all() -> Vec<Backend> {
-        vec![Backend::Tokio, Backend::NaiveTokioFs]
+        let mut all = vec![Backend::Tokio, Backend::NaiveTokioFs];
+        if cfg!(all(target_os = "linux", feature = "io-uring")) {
+            all.push(Backend::IoUring);
+        }
+        all
     }
 
     fn name(self) -> &'static str {
         match self {
             Backend::Tokio => "tokio",
             Backend::NaiveTokioFs => "naive-tokio-fs",
+            Backend::IoUring => "io-uring",
         }
     }
 
@@ -83,8 +91,21 @@ impl Backend {
         Ok(match self {
             Backend::Tokio => Arc::new(TokioStorage::new()),
             Backend::NaiveTokioFs => Arc::new(NaiveTokioStorage::new()),
+            Backend::IoUring => io_uring_storage()?,
         })
     }
+}
+
+#[cfg(all(target_os = "linux", feature = "io-uring"))]
+fn io_uring_storage() -> Result<Arc<dyn Storage>, Failure> {
+    Ok(Arc::new(helix_wal::IoUringWorkerStorage::try_new()?))
+}
+
+#[cfg(not(all(target_os = "linux", feature = "io-uring")))]
+fn io_uring_storage() -> Result<Arc<dyn Storage>, Failure> {
+    Err(Failure::usage(
+        "the io-uring backend is not compiled in: build with --features io-uring (Linux only)",
+    ))
 }
 
 /// The workloads, each durable.

@@ -1,0 +1,185 @@
+//! The file type of the io_uring backend.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::shared::{Outcome, Owned, Request};
+use super::sys;
+use super::worker::Worker;
+use crate::error::{Poison, WalError, WalResult};
+use crate::storage::StorageFile;
+
+/// What an in-flight request keeps alive of its file: the descriptor (so it is never closed
+/// and reused by another file while the kernel uses it), and what poisoning needs.
+#[derive(Debug)]
+pub(crate) struct FileInner {
+    pub(crate) file: File,
+    pub(crate) path: PathBuf,
+    pub(crate) poison: Poison,
+}
+
+impl FileInner {
+    pub(crate) fn raw_fd(&self) -> i32 {
+        self.file.as_raw_fd()
+    }
+}
+
+/// A file of [`IoUringWorkerStorage`](super::IoUringWorkerStorage). Reads, writes and syncs
+/// go through the ring; `size` is an `fstat` on the calling thread and `set_len` an `ftruncate`
+/// on tokio's blocking pool.
+#[derive(Debug)]
+pub(crate) struct IoUringFile {
+    worker: Arc<Worker>,
+    inner: Arc<FileInner>,
+}
+
+impl IoUringFile {
+    pub(crate) fn new(worker: Arc<Worker>, file: File, path: PathBuf) -> IoUringFile {
+        IoUringFile {
+            worker,
+            inner: Arc::new(FileInner {
+                file,
+                path,
+                poison: Poison::new(),
+            }),
+        }
+    }
+
+    fn owned(&self) -> Owned {
+        Owned {
+            file: Some(Arc::clone(&self.inner)),
+            ..Owned::default()
+        }
+    }
+
+    /// Runs a request and turns a failure into `WalError::Io` naming `op` and the path.
+    async fn run(&self, op: &'static str, request: Request) -> WalResult<Outcome> {
+        let outcome = self.worker.shared.execute(request).await?;
+        if outcome.result < 0 {
+            return Err(self.io_error(op, -outcome.result));
+        }
+        Ok(outcome)
+    }
+
+    fn io_error(&self, op: &'static str, errno: i32) -> WalError {
+        WalError::io(op, &self.inner.path, io::Error::from_raw_os_error(errno))
+    }
+
+    /// Runs a write-class request (write, sync): refused when poisoned; poisons on failure.
+    /// A shutdown is not a failure of the file: nothing was queued, so nothing poisons.
+    async fn mutate(&self, op: &'static str, request: Request) -> WalResult<()> {
+        self.inner.poison.check()?;
+        match self.run(op, request).await {
+            Ok(_) => Ok(()),
+            Err(error @ WalError::Shutdown { .. }) => Err(error),
+            Err(error) => Err(self.inner.poison.poison(error)),
+        }
+    }
+
+    fn write_request(&self, opcode: u32, offset: u64, data: Bytes) -> Request {
+        Request {
+            opcode,
+            offset,
+            owned: Owned {
+                write_data: Some(data),
+                ..self.owned()
+            },
+        }
+    }
+
+    fn check_open(&self) -> WalResult<()> {
+        if self.worker.shared.is_closed() {
+            return Err(WalError::Shutdown {
+                what: super::shared::SHUTDOWN_WHAT,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StorageFile for IoUringFile {
+    fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn write_at(&self, offset: u64, data: Bytes) -> WalResult<()> {
+        if data.is_empty() {
+            self.check_open()?;
+            return self.inner.poison.check();
+        }
+        let request = self.write_request(sys::HELIX_OP_WRITE, offset, data);
+        self.mutate("write", request).await
+    }
+
+    async fn read_at(&self, offset: u64, len: usize) -> WalResult<Bytes> {
+        self.check_open()?;
+        // The allocation is bounded by the file's size, not by the caller's `len`.
+        let size = self.size().await?;
+        let available = usize::try_from(size.saturating_sub(offset)).unwrap_or(usize::MAX);
+        let len = len.min(available);
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let request = Request {
+            opcode: sys::HELIX_OP_READ,
+            offset,
+            owned: Owned {
+                read_buffer: vec![0; len],
+                ..self.owned()
+            },
+        };
+        let outcome = self.run("read", request).await?;
+        let mut buffer = outcome.owned.read_buffer;
+        buffer.truncate(usize::try_from(outcome.done).unwrap_or(usize::MAX));
+        Ok(Bytes::from(buffer))
+    }
+
+    async fn size(&self) -> WalResult<u64> {
+        self.check_open()?;
+        // fstat of an open file reads the in-memory inode; it does not wait for the disk.
+        self.inner
+            .file
+            .metadata()
+            .map(|metadata| metadata.len())
+            .map_err(|source| WalError::io("stat", &self.inner.path, source))
+    }
+
+    async fn set_len(&self, len: u64) -> WalResult<()> {
+        self.check_open()?;
+        self.inner.poison.check()?;
+        let inner = Arc::clone(&self.inner);
+        let result = match tokio::task::spawn_blocking(move || inner.file.set_len(len)).await {
+            Ok(result) => result,
+            Err(join_error) => Err(io::Error::other(format!(
+                "blocking task failed: {join_error}"
+            ))),
+        };
+        result
+            .map_err(|source| WalError::io("set_len", &self.inner.path, source))
+            .map_err(|error| self.inner.poison.poison(error))
+    }
+
+    async fn sync(&self) -> WalResult<()> {
+        let request = Request {
+            opcode: sys::HELIX_OP_FSYNC,
+            offset: 0,
+            owned: self.owned(),
+        };
+        self.mutate("fsync", request).await
+    }
+
+    async fn write_at_and_sync(&self, offset: u64, data: Bytes) -> WalResult<()> {
+        if data.is_empty() {
+            return self.sync().await;
+        }
+        let request = self.write_request(sys::HELIX_OP_WRITE_FSYNC, offset, data);
+        self.mutate("write+fsync", request).await
+    }
+}

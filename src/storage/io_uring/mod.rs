@@ -1,0 +1,268 @@
+//! The io_uring storage backend (feature `io-uring`, Linux only).
+//!
+//! A dedicated thread owns one io_uring instance through a small C shim over liburing
+//! (csrc/helix_uring.c). Tokio tasks hand it requests through a lock-free bounded queue and wait
+//! for completions on an atomic slot + waker; the thread batches requests into one
+//! `io_uring_enter`, uses registered buffers when the data fits, and turns `write_at_and_sync`
+//! into a linked write + fdatasync pair, recovering from short writes. See docs/IO_URING.md.
+//!
+//! Module map: `sys` (raw bindings, private), `ring` (safe wrapper of one C ring), `shared`
+//! (request table, submission queue, completion futures, cancellation safety), `worker` (the
+//! thread and shutdown), `file` (the `StorageFile`), `config` (limits and errors).
+//! `unsafe` exists only in this module.
+
+mod config;
+mod file;
+mod ring;
+mod shared;
+mod sys;
+mod worker;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use config::IoUringConfig;
+use file::IoUringFile;
+use shared::SHUTDOWN_WHAT;
+use worker::Worker;
+
+use super::{Storage, StorageFile, TokioStorage};
+use crate::error::{WalError, WalResult};
+
+/// Limits and defaults of the io_uring backend.
+pub mod limits {
+    pub use super::config::{
+        DEFAULT_GATHER_WINDOW_US, DEFAULT_IOWQ_MAX_WORKERS, DEFAULT_MAX_BATCH,
+        DEFAULT_REGISTERED_BUFFER_BYTES, DEFAULT_REGISTERED_BUFFER_COUNT, DEFAULT_SQ_ENTRIES,
+        MAX_BATCH, MAX_GATHER_WINDOW_US, MAX_IOWQ_MAX_WORKERS, MAX_REGISTERED_BUFFER_BYTES,
+        MAX_REGISTERED_BUFFER_COUNT, MAX_REGISTERED_POOL_BYTES, MAX_SQPOLL_IDLE_MS, MAX_SQ_ENTRIES,
+        MIN_SQ_ENTRIES, REGISTERED_BUFFER_ALIGNMENT_BYTES,
+    };
+}
+
+/// The io_uring storage backend: one ring on a dedicated thread, shared by every file.
+///
+/// Same contract as every [`Storage`]: see the storage module docs. Metadata operations (open,
+/// list, remove, rename, create_dir_all, sync_dir, set_len) run on tokio's blocking pool; reads,
+/// writes and syncs go through the ring.
+///
+/// Shutdown: [`IoUringWorkerStorage::shutdown`] or dropping the last handle (the storage, its
+/// clones and its files all hold one) lets the ring finish every request already queued, then
+/// joins the thread. Calls after shutdown fail with [`WalError::Shutdown`].
+#[derive(Debug, Clone)]
+pub struct IoUringWorkerStorage {
+    worker: Arc<Worker>,
+    metadata: TokioStorage,
+}
+
+/// A snapshot of the backend's counters ([`IoUringWorkerStorage::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IoUringStats {
+    /// SQEs the kernel accepted.
+    pub sqes_submitted: u64,
+    /// Calls into the kernel to submit or wait (`io_uring_enter`).
+    pub enter_calls: u64,
+    /// Batches of requests prepared together (each submitted with one enter).
+    pub batches: u64,
+    /// The most requests in one batch so far.
+    pub largest_batch: u64,
+    /// Batches closed because the gathering window ran out (rather than being full).
+    pub gather_timeouts: u64,
+    /// Requests taken from the submission queue.
+    pub requests_started: u64,
+    /// Requests finished (successfully or not).
+    pub requests_completed: u64,
+    /// Requests in the ring now.
+    pub in_flight: u64,
+    /// Reads and writes that used a registered buffer.
+    pub registered_buffer_hits: u64,
+    /// Reads and writes that did not fit or found the pool empty.
+    pub registered_buffer_misses: u64,
+    /// Reads or writes the kernel completed short (continued by the backend).
+    pub short_transfers: u64,
+    /// Linked fsyncs the kernel cancelled because their write was short or failed.
+    pub linked_fsyncs_cancelled: u64,
+    /// Times the ring thread went to sleep in the kernel.
+    pub sleeps: u64,
+    /// Eventfd wake-ups sent to a sleeping ring thread.
+    pub wakeups_sent: u64,
+    /// The ring runs with SQPOLL.
+    pub sqpoll: bool,
+    /// The ring runs with SINGLE_ISSUER | DEFER_TASKRUN.
+    pub defer_taskrun: bool,
+    /// The ring runs with COOP_TASKRUN.
+    pub coop_taskrun: bool,
+    /// Registered buffers in the pool (0 when none were asked for or registration failed).
+    pub registered_buffers: u32,
+    /// The errno with which buffer registration failed (e.g. ENOMEM: RLIMIT_MEMLOCK).
+    pub registration_errno: Option<i32>,
+    /// The most requests the ring holds at once (bounded by its completion queue).
+    pub max_in_flight: u32,
+}
+
+impl IoUringStats {
+    fn from_raw(raw: &sys::helix_ring_stats) -> IoUringStats {
+        IoUringStats {
+            sqes_submitted: raw.sqes_submitted,
+            enter_calls: raw.enter_calls,
+            batches: raw.batches,
+            largest_batch: raw.largest_batch,
+            gather_timeouts: raw.gather_timeouts,
+            requests_started: raw.requests_started,
+            requests_completed: raw.requests_completed,
+            in_flight: raw.in_flight,
+            registered_buffer_hits: raw.fixed_buffer_hits,
+            registered_buffer_misses: raw.fixed_buffer_misses,
+            short_transfers: raw.short_transfers,
+            linked_fsyncs_cancelled: raw.linked_fsyncs_cancelled,
+            sleeps: raw.sleeps,
+            wakeups_sent: raw.wakeups_sent,
+            sqpoll: raw.setup_flags & sys::HELIX_SETUP_SQPOLL != 0,
+            defer_taskrun: raw.setup_flags & sys::HELIX_SETUP_DEFER_TASKRUN != 0,
+            coop_taskrun: raw.setup_flags & sys::HELIX_SETUP_COOP_TASKRUN != 0,
+            registered_buffers: raw.registered_buffers,
+            registration_errno: (raw.registration_error < 0).then_some(-raw.registration_error),
+            max_in_flight: raw.max_requests,
+        }
+    }
+}
+
+impl IoUringWorkerStorage {
+    /// Starts the backend with the default configuration. Fails with
+    /// [`WalError::IoUringUnavailable`] naming the cause and the fix when the kernel refuses
+    /// io_uring (ENOSYS: too old; EPERM: seccomp or `kernel.io_uring_disabled`; ENOMEM:
+    /// RLIMIT_MEMLOCK).
+    pub fn try_new() -> WalResult<Self> {
+        Self::with_config(IoUringConfig::default())
+    }
+
+    /// Starts the backend with `config` (validated first).
+    pub fn with_config(config: IoUringConfig) -> WalResult<Self> {
+        let worker = Worker::start(&config)?;
+        Ok(Self {
+            worker: Arc::new(worker),
+            metadata: TokioStorage::new(),
+        })
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> IoUringStats {
+        IoUringStats::from_raw(&self.worker.shared.ring.stats())
+    }
+
+    /// The most requests queued or in flight at once; more callers wait.
+    pub fn capacity(&self) -> usize {
+        self.worker.shared.capacity()
+    }
+
+    /// Shuts the backend down: refuses new requests, lets every queued or in-flight request
+    /// finish, and joins the ring thread. Blocks the calling thread until then. Later calls on
+    /// the storage or its files fail with [`WalError::Shutdown`]. Idempotent.
+    pub fn shutdown(&self) {
+        self.worker.shutdown();
+    }
+
+    /// Test hook: the next write that crosses a page boundary of its file is cut short at that
+    /// boundary by the kernel (its source memory past the boundary is made unreadable), so that
+    /// tests can prove the recovery from short writes. Not for production use.
+    #[doc(hidden)]
+    pub fn inject_short_write_for_testing(&self) {
+        self.worker.shared.ring.arm_short_write(true);
+    }
+
+    fn check_open(&self) -> WalResult<()> {
+        if self.worker.shared.is_closed() {
+            return Err(match self.worker.shared.ring_failure() {
+                Some(errno) => WalError::io(
+                    "io_uring",
+                    PathBuf::new(),
+                    io::Error::from_raw_os_error(-errno),
+                ),
+                None => WalError::Shutdown {
+                    what: SHUTDOWN_WHAT,
+                },
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Opens (creating if missing) a file for positional reads and writes; refuses directories.
+fn open_file(path: &Path) -> io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    if file.metadata()?.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::IsADirectory,
+            "is a directory",
+        ));
+    }
+    Ok(file)
+}
+
+#[async_trait]
+impl Storage for IoUringWorkerStorage {
+    fn name(&self) -> &'static str {
+        "io_uring"
+    }
+
+    async fn open(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
+        self.check_open()?;
+        let owned = path.to_path_buf();
+        let file = match tokio::task::spawn_blocking(move || open_file(&owned)).await {
+            Ok(result) => result,
+            Err(join_error) => Err(io::Error::other(format!(
+                "blocking task failed: {join_error}"
+            ))),
+        }
+        .map_err(|source| WalError::io("open", path, source))?;
+        Ok(Arc::new(IoUringFile::new(
+            Arc::clone(&self.worker),
+            file,
+            path.to_path_buf(),
+        )))
+    }
+
+    async fn exists(&self, path: &Path) -> WalResult<bool> {
+        self.check_open()?;
+        self.metadata.exists(path).await
+    }
+
+    async fn list(&self, dir: &Path) -> WalResult<Vec<PathBuf>> {
+        self.check_open()?;
+        self.metadata.list(dir).await
+    }
+
+    async fn is_dir(&self, path: &Path) -> WalResult<bool> {
+        self.check_open()?;
+        self.metadata.is_dir(path).await
+    }
+
+    async fn remove(&self, path: &Path) -> WalResult<()> {
+        self.check_open()?;
+        self.metadata.remove(path).await
+    }
+
+    async fn rename(&self, from: &Path, to: &Path) -> WalResult<()> {
+        self.check_open()?;
+        self.metadata.rename(from, to).await
+    }
+
+    async fn create_dir_all(&self, dir: &Path) -> WalResult<()> {
+        self.check_open()?;
+        self.metadata.create_dir_all(dir).await
+    }
+
+    async fn sync_dir(&self, dir: &Path) -> WalResult<()> {
+        self.check_open()?;
+        self.metadata.sync_dir(dir).await
+    }
+}

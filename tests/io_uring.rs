@@ -1,0 +1,537 @@
+//! Tests specific to the io_uring backend: its counters, batching, the linked write+fsync pair
+//! and its recovery from short writes, cancellation, shutdown, backpressure and concurrency.
+//! The generic storage contract is proven for it by the conformance suite (`for_each_backend!`).
+//!
+//! When the machine refuses io_uring, each test says so loudly on stderr and returns (set
+//! `HELIX_REQUIRE_IO_URING=1` to turn that into a failure).
+#![cfg(all(target_os = "linux", feature = "io-uring"))]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use helix_wal::{
+    create_storage_with, IoUringConfig, IoUringStats, IoUringWorkerStorage, StorageOptions,
+    WalError,
+};
+
+use crate::common::Harness;
+
+/// Upper bound of any wait for the ring to go idle; reaching it is a hang, not slowness.
+const IDLE_WAIT_LIMIT: Duration = Duration::from_secs(60);
+
+/// A page, the granularity of the short-write test hook.
+const PAGE_BYTES: usize = 4096;
+
+fn harness_with(config: IoUringConfig) -> Option<(Harness, IoUringWorkerStorage)> {
+    Harness::io_uring_with(config)
+}
+
+/// Waits (yielding, not sleeping) until the ring has finished every request it started.
+async fn wait_until_idle(storage: &IoUringWorkerStorage) -> IoUringStats {
+    let start = Instant::now();
+    loop {
+        let stats = storage.stats();
+        if stats.in_flight == 0 && stats.requests_completed == stats.requests_started {
+            return stats;
+        }
+        assert!(
+            start.elapsed() < IDLE_WAIT_LIMIT,
+            "the ring never went idle: {stats:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Data whose bytes depend on a seed and their position, so any mix-up shows.
+fn pattern(seed: u32, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|position| (seed.wrapping_mul(31).wrapping_add(position as u32 / 7) % 251) as u8)
+        .collect()
+}
+
+/// An owner of write data that records when it is dropped (the buffer is freed).
+struct DropFlag {
+    data: Vec<u8>,
+    dropped: Arc<AtomicBool>,
+}
+
+impl AsRef<[u8]> for DropFlag {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.dropped.store(true, Ordering::SeqCst);
+    }
+}
+
+// Proves reads, writes and syncs really go through io_uring: the ring's counters of submitted
+// SQEs, io_uring_enter calls and registered-buffer hits grow with the operations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_go_through_the_ring() {
+    let Some((harness, storage)) = harness_with(IoUringConfig::default()) else {
+        return;
+    };
+    harness.storage.create_dir_all(&harness.dir).await.unwrap();
+    let file = harness.storage.open(&harness.dir.join("a")).await.unwrap();
+    let before = storage.stats();
+    for round in 0..8u64 {
+        let data = Bytes::from(pattern(round as u32, 1000));
+        file.write_at(round * 1000, data).await.unwrap();
+    }
+    file.sync().await.unwrap();
+    file.write_at_and_sync(8000, Bytes::from_static(b"tail"))
+        .await
+        .unwrap();
+    assert_eq!(file.read_at(0, 1000).await.unwrap(), pattern(0, 1000));
+    let after = storage.stats();
+    // 8 writes + 1 fsync + a linked write and fsync + 1 read.
+    assert!(
+        after.sqes_submitted - before.sqes_submitted >= 12,
+        "{after:?}"
+    );
+    assert!(after.enter_calls > before.enter_calls, "{after:?}");
+    assert_eq!(after.requests_completed - before.requests_completed, 11);
+    if after.registered_buffers > 0 {
+        // 8 writes, the linked write and the read all fit in a 64 KiB registered buffer.
+        assert_eq!(
+            after.registered_buffer_hits - before.registered_buffer_hits,
+            10
+        );
+    }
+}
+
+// Proves the batch size bound: with max_batch = 4 and a long gathering window, 32 concurrent
+// writes never put more than 4 requests into one submission, and all complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_never_exceed_max_batch() {
+    let config = IoUringConfig {
+        max_batch: 4,
+        gather_window_us: 2_000,
+        ..IoUringConfig::default()
+    };
+    let Some((harness, storage)) = harness_with(config) else {
+        return;
+    };
+    harness.storage.create_dir_all(&harness.dir).await.unwrap();
+    let file = harness.storage.open(&harness.dir.join("a")).await.unwrap();
+    let tasks: Vec<_> = (0..32u64)
+        .map(|slot| {
+            let file = Arc::clone(&file);
+            tokio::spawn(async move {
+                let data = Bytes::from(pattern(slot as u32, 512));
+                file.write_at(slot * 512, data).await.unwrap();
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stats = wait_until_idle(&storage).await;
+    assert!(stats.largest_batch <= 4, "{stats:?}");
+    assert!(stats.batches >= 32 / 4, "{stats:?}");
+    for slot in 0..32u64 {
+        let read = file.read_at(slot * 512, 512).await.unwrap();
+        assert_eq!(read, pattern(slot as u32, 512));
+    }
+}
+
+// Proves the batch time bound: a lone request, which can never fill a batch of 64, is submitted
+// once the gathering window runs out (counted as a gather timeout) instead of waiting for more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_request_is_submitted_when_the_window_ends() {
+    let config = IoUringConfig {
+        max_batch: 64,
+        gather_window_us: 2_000,
+        ..IoUringConfig::default()
+    };
+    let Some((harness, storage)) = harness_with(config) else {
+        return;
+    };
+    harness.storage.create_dir_all(&harness.dir).await.unwrap();
+    let file = harness.storage.open(&harness.dir.join("a")).await.unwrap();
+    let before = storage.stats();
+    file.write_at_and_sync(0, Bytes::from_static(b"alone"))
+        .await
+        .unwrap();
+    let after = storage.stats();
+    assert_eq!(
+        after.gather_timeouts - before.gather_timeouts,
+        1,
+        "{after:?}"
+    );
+    assert_eq!(after.largest_batch, 1, "{after:?}");
+}
+
+// Proves the linked pair recovers from a genuine short write: the test hook makes the kernel
+// write only up to the first page boundary (the rest of the source is unreadable), so the
+// kernel cancels the linked fsync; the backend writes the remainder with a fresh fsync and
+// reports success only then, and every byte is on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linked_pair_recovers_from_a_short_write() {
+    // No registered buffers: the hook works on either path, this keeps the case simple.
+    let config = IoUringConfig {
+        registered_buffer_count: 0,
+        ..IoUringConfig::default()
+    };
+    let Some((harness, storage)) = harness_with(config) else {
+        return;
+    };
+    harness.storage.create_dir_all(&harness.dir).await.unwrap();
+    let path = harness.dir.join("a");
+    let file = harness.storage.open(&path).await.unwrap();
+    let data = pattern(7, 3 * PAGE_BYTES);
+    let before = storage.stats();
+    storage.inject_short_write_for_testing();
+    file.write_at_and_sync(100, Bytes::from(data.clone()))
+        .await
+        .unwrap();
+    let after = storage.stats();
+    assert_eq!(
+        after.short_transfers - before.short_transfers,
+        1,
+        "{after:?}"
+    );
+    assert_eq!(
+        after.linked_fsyncs_cancelled - before.linked_fsyncs_cancelled,
+        1,
+        "{after:?}"
+    );
+    let on_disk = std::fs::read(&path).unwrap();
+    assert_eq!(&on_disk[100..], &data[..]);
+}
+
+// Proves a plain write continues after a genuine short write (same hook, no fsync involved).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_continues_after_a_short_write() {
+    let Some((harness, storage)) = harness_with(IoUringConfig::default()) else {
+        return;
+    };
+    harness.storage.create_dir_all(&harness.dir).await.unwrap();
+    let file = harness.storage.open(&harness.dir.join("a")).await.unwrap();
+    let data = pattern(3, 2 * PAGE_BYTES + 17);
+    storage.inject_short_write_for_testing();
+    file.write_at(10, Bytes::from(data.clone())).await.unwrap();
+    assert_eq!(storage.stats().short_transfers, 1);
+    assert_eq!(file.read_at(10, data.len()).await.unwrap(), data);
+}
+
+// Proves cancellation safety: a write whose future is dropped while the kernel holds it keeps
+// its buffer alive until its completion (the data lands intact although other buffers are
+// allocated and filled meanwhile), the buffer is freed afterwards, and the ring keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_future_mid_write_keeps_its_buffer_alive() {
+    let Some((harness, storage)) = harness_with(IoUringConfig::default()) else {
+        return;
+    };
+    harness.storage.create_dir_all(&harness.dir).await.unwrap();
+    let path = harness.dir.join("a");
+    let file = harness.storage.open(&path).await.unwrap();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let data = pattern(11, 8 << 20);
+    let owner = DropFlag {
+        data: data.clone(),
+        dropped: Arc::clone(&dropped),
+    };
+    // One poll queues the write; the zero timeout then drops the future mid-flight.
+    let write = file.write_at_and_sync(0, Bytes::from_owner(owner));
+    let outcome = tokio::time::timeout(Duration::ZERO, write).await;
+    assert!(
+        outcome.is_err(),
+        "an 8 MiB durable write cannot finish in one poll"
+    );
+    // Churn the allocator so a freed buffer would likely be reused and overwritten.
+    let churn: Vec<Vec<u8>> = (0..16).map(|_| vec![0xEE; 1 << 20]).collect();
+    let stats = wait_until_idle(&storage).await;
+    drop(churn);
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "buffer freed after completion"
+    );
+    assert_eq!(stats.in_flight, 0);
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+    file.write_at_and_sync(0, Bytes::from_static(b"still works"))
+        .await
+        .unwrap();
+    assert_eq!(&file.read_at(0, 11).await.unwrap()[..], b"still works");
+}
+
+// Proves a failed write poisons its file even when nobody awaits it: the write (at an offset
+// the kernel rejects) is dropped after one poll; later writes and syncs are refused as
+// Poisoned while reads keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_poisons_even_when_its_future_is_dropped() {
+    let Some((harness, storage)) = harness_with(IoUringConfig::default()) else {
+        return;
+    };
+    harness.storage.create_dir_all(&harness.dir).await.unwrap();
+    let file = harness.storage.open(&harness.dir.join("a")).await.unwrap();
+    file.write_at(0, Bytes::from_static(b"kept")).await.unwrap();
+    let bad_offset = u64::MAX - 16;
+    let write = file.write_at(bad_offset, Bytes::from_static(b"rejected"));
+    let _ = tokio::time::timeout(Duration::ZERO, write).await;
+    wait_until_idle(&storage).await;
+    let refused = file.write_at(4, Bytes::from_static(b"x")).await;
+    assert!(
+        matches!(refused, Err(WalError::Poisoned { .. })),
+        "{refused:?}"
+    );
+    assert!(file.sync().await.unwrap_err().is_poisoned());
+    assert_eq!(&file.read_at(0, 4).await.unwrap()[..], b"kept");
+}
+
+// Proves graceful shutdown with operations in flight: 64 durable writes are racing when the
+// storage shuts down; each either succeeds (and its data is on disk) or fails with Shutdown,
+// none hangs, and every later call fails with Shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_operations() {
+    let Some((harness, storage)) = harness_with(IoUringConfig::default()) else {
+        return;
+    };
+    harness.storage.create_dir_all(&harness.dir).await.unwrap();
+    let path = harness.dir.join("a");
+    let file = harness.storage.open(&path).await.unwrap();
+    let tasks: Vec<_> = (0..64u64)
+        .map(|slot| {
+            let file = Arc::clone(&file);
+            tokio::spawn(async move {
+                let data = Bytes::from(pattern(slot as u32, 4096));
+                file.write_at_and_sync(slot * 4096, data).await
+            })
+        })
+        .collect();
+    // Shut down once the ring has started some of them.
+    while storage.stats().requests_started == 0 {
+        tokio::task::yield_now().await;
+    }
+    let stopper = storage.clone();
+    tokio::task::spawn_blocking(move || stopper.shutdown())
+        .await
+        .unwrap();
+    let on_disk = std::fs::read(&path).unwrap();
+    let mut succeeded = 0;
+    for (slot, task) in tasks.into_iter().enumerate() {
+        match task.await.unwrap() {
+            Ok(()) => {
+                succeeded += 1;
+                let range = slot * 4096..(slot + 1) * 4096;
+                assert_eq!(on_disk[range], pattern(slot as u32, 4096)[..]);
+            }
+            Err(WalError::Shutdown { .. }) => {}
+            Err(other) => panic!("unexpected error {other:?}"),
+        }
+    }
+    assert!(succeeded >= 1);
+    assert_eq!(storage.stats().in_flight, 0);
+    let after = file.write_at(0, Bytes::from_static(b"late")).await;
+    assert!(matches!(after, Err(WalError::Shutdown { .. })), "{after:?}");
+    assert!(matches!(
+        harness.storage.open(&path).await,
+        Err(WalError::Shutdown { .. })
+    ));
+    assert!(matches!(
+        file.read_at(0, 4).await,
+        Err(WalError::Shutdown { .. })
+    ));
+}
+
+// Proves backpressure: with the smallest ring (one request at a time), 64 concurrent writers on
+// 4 files all wait their turn and complete correctly; nothing is dropped or reordered between
+// callers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_ring_makes_callers_wait() {
+    let config = IoUringConfig {
+        sq_entries: 2,
+        max_batch: 1,
+        ..IoUringConfig::default()
+    };
+    let Some((harness, storage)) = harness_with(config) else {
+        return;
+    };
+    assert_eq!(storage.capacity(), 1);
+    harness.storage.create_dir_all(&harness.dir).await.unwrap();
+    let mut files = Vec::new();
+    for number in 0..4 {
+        let path = harness.dir.join(format!("f{number}"));
+        files.push(harness.storage.open(&path).await.unwrap());
+    }
+    let tasks: Vec<_> = (0..64u32)
+        .map(|task| {
+            let file = Arc::clone(&files[task as usize % 4]);
+            tokio::spawn(async move {
+                let offset = u64::from(task / 4) * 1000;
+                let data = Bytes::from(pattern(task, 1000));
+                file.write_at_and_sync(offset, data).await.unwrap();
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stats = wait_until_idle(&storage).await;
+    assert_eq!(stats.max_in_flight, 1);
+    assert_eq!(stats.largest_batch, 1);
+    for task in 0..64u32 {
+        let file = &files[task as usize % 4];
+        let read = file
+            .read_at(u64::from(task / 4) * 1000, 1000)
+            .await
+            .unwrap();
+        assert_eq!(read, pattern(task, 1000));
+    }
+}
+
+// Proves many tasks on many files get exactly their own completions: 16 files x 24 tasks of
+// mixed sizes (some larger than a registered buffer, some reading back at once) all read back
+// their own bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_tasks_on_many_files_get_their_own_completions() {
+    let config = IoUringConfig {
+        registered_buffer_count: 8,
+        registered_buffer_bytes: 16 << 10,
+        ..IoUringConfig::default()
+    };
+    let Some((harness, storage)) = harness_with(config) else {
+        return;
+    };
+    harness.storage.create_dir_all(&harness.dir).await.unwrap();
+    const SLOT_BYTES: usize = 40 << 10;
+    let mut tasks = Vec::new();
+    for number in 0..16u32 {
+        let path = harness.dir.join(format!("f{number}"));
+        let file = harness.storage.open(&path).await.unwrap();
+        for slot in 0..24u32 {
+            let file = Arc::clone(&file);
+            tasks.push(tokio::spawn(async move {
+                let seed = number * 100 + slot;
+                let len = 1 + (seed as usize * 977) % SLOT_BYTES;
+                let offset = u64::from(slot) * SLOT_BYTES as u64;
+                let data = pattern(seed, len);
+                if slot % 3 == 0 {
+                    file.write_at_and_sync(offset, Bytes::from(data.clone()))
+                        .await
+                        .unwrap();
+                } else {
+                    file.write_at(offset, Bytes::from(data.clone()))
+                        .await
+                        .unwrap();
+                }
+                assert_eq!(file.read_at(offset, len).await.unwrap(), data);
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stats = wait_until_idle(&storage).await;
+    assert_eq!(stats.requests_completed, stats.requests_started);
+    if stats.registered_buffers > 0 {
+        // Both paths were taken: writes of up to 16 KiB in the pool, larger ones without it.
+        assert!(stats.registered_buffer_misses > 0, "{stats:?}");
+        assert!(stats.registered_buffer_hits > 0, "{stats:?}");
+    } else {
+        // Registration refused (RLIMIT_MEMLOCK for an unprivileged user): all plain I/O.
+        eprintln!(
+            "registered buffers refused: errno {:?}",
+            stats.registration_errno
+        );
+    }
+}
+
+// Proves the factory picks io_uring on this machine and reports it, and picks TokioStorage
+// when io_uring is not preferred.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_factory_reports_its_choice() {
+    if harness_with(IoUringConfig::default()).is_none() {
+        return;
+    }
+    let choice = create_storage_with(&StorageOptions::default());
+    assert_eq!(choice.backend, "io_uring");
+    assert_eq!(choice.storage.name(), "io_uring");
+    assert!(choice.fallback_reason.is_none());
+    let mut options = StorageOptions::default();
+    options.prefer_io_uring = false;
+    let choice = create_storage_with(&options);
+    assert_eq!(choice.backend, "tokio");
+    assert!(choice.fallback_reason.is_none());
+}
+
+// Proves an invalid configuration is refused with a structured error before any ring exists,
+// and that the factory then falls back to TokioStorage and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_configuration_falls_back_with_a_reason() {
+    let config = IoUringConfig {
+        sq_entries: 3,
+        ..IoUringConfig::default()
+    };
+    match IoUringWorkerStorage::with_config(config.clone()) {
+        Err(WalError::InvalidConfig { field, .. }) => assert_eq!(field, "sq_entries"),
+        other => panic!("expected InvalidConfig, got {other:?}"),
+    }
+    let mut options = StorageOptions::default();
+    options.io_uring = config;
+    let choice = create_storage_with(&options);
+    assert_eq!(choice.backend, "tokio");
+    assert!(matches!(
+        choice.fallback_reason,
+        Some(WalError::InvalidConfig { .. })
+    ));
+}
+
+// Proves the SQPOLL option works: the ring either runs with a kernel polling thread or, when
+// the kernel refuses it, without; either way durable writes complete and read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqpoll_is_used_or_falls_back() {
+    let config = IoUringConfig {
+        sqpoll_idle_ms: 50,
+        ..IoUringConfig::default()
+    };
+    let Some((harness, storage)) = harness_with(config) else {
+        return;
+    };
+    let stats = storage.stats();
+    eprintln!("sqpoll granted: {}", stats.sqpoll);
+    assert!(
+        !(stats.sqpoll && stats.defer_taskrun),
+        "SQPOLL excludes DEFER_TASKRUN"
+    );
+    harness.storage.create_dir_all(&harness.dir).await.unwrap();
+    let file = harness.storage.open(&harness.dir.join("a")).await.unwrap();
+    for round in 0..16u64 {
+        let data = Bytes::from(pattern(round as u32, 3000));
+        file.write_at_and_sync(round * 3000, data).await.unwrap();
+    }
+    for round in 0..16u64 {
+        let read = file.read_at(round * 3000, 3000).await.unwrap();
+        assert_eq!(read, pattern(round as u32, 3000));
+    }
+}
+
+// Proves a ring without registered buffers (none asked for) serves every operation through
+// plain reads and writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn works_without_registered_buffers() {
+    let config = IoUringConfig {
+        registered_buffer_count: 0,
+        ..IoUringConfig::default()
+    };
+    let Some((harness, storage)) = harness_with(config) else {
+        return;
+    };
+    harness.storage.create_dir_all(&harness.dir).await.unwrap();
+    let file = harness.storage.open(&harness.dir.join("a")).await.unwrap();
+    let data = pattern(5, 100_000);
+    file.write_at_and_sync(0, Bytes::from(data.clone()))
+        .await
+        .unwrap();
+    assert_eq!(file.read_at(0, data.len()).await.unwrap(), data);
+    let stats = storage.stats();
+    assert_eq!(stats.registered_buffers, 0);
+    assert_eq!(stats.registered_buffer_hits, 0);
+}
