@@ -150,3 +150,46 @@ async fn recovery_syncs_the_directory_before_trusting_it() {
         assert_eq!(wal.read(next).await.unwrap(), acknowledged, "seed {seed}");
     }
 }
+
+// Regression: after a failed fsync, Linux marks the unwritten pages clean but keeps serving
+// them from the page cache. A restart without a reboot then recovered those entries from the
+// cache, synced (successfully: nothing was dirty) and reported them durable; the next power
+// loss removed them. Proves, over 100 seeds, that after a failed fsync, a process crash and a
+// reopen, every entry the reopened log reports is still there after a power loss.
+#[tokio::test(flavor = "current_thread")]
+async fn recovery_does_not_trust_pages_a_failed_fsync_left_behind() {
+    use helix_wal::{FaultKind, OneShotFault};
+    for seed in 0..100u64 {
+        let simulated = SimulatedStorage::new(seed);
+        simulated.create_dir_all_durably(Path::new("/sim")).unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(simulated.clone());
+        let dir = Path::new("/sim/log");
+        let mut wal = Wal::open(storage.clone(), config(dir)).await.unwrap();
+        let durable: Vec<Entry> = (1..=5)
+            .map(|index| Entry::new(index, 1, Bytes::from(vec![index as u8; 700])))
+            .collect();
+        wal.append_batch_durable(&durable).await.unwrap();
+        let unsynced: Vec<Entry> = (6..=9)
+            .map(|index| Entry::new(index, 1, Bytes::from(vec![index as u8; 700])))
+            .collect();
+        wal.append_batch(&unsynced).await.unwrap();
+        simulated.inject(OneShotFault::next(FaultKind::SyncError));
+        assert!(
+            wal.sync().await.is_err(),
+            "seed {seed}: the injected fsync error"
+        );
+        drop(wal);
+        simulated.crash_keeping_everything();
+        let wal = Wal::open(storage.clone(), config(dir)).await.unwrap();
+        let reported = wal.durable_index();
+        assert!(reported >= 5, "seed {seed}: lost synced entries");
+        drop(wal);
+        simulated.crash();
+        let wal = Wal::open(storage.clone(), config(dir)).await.unwrap();
+        assert!(
+            wal.last_index() >= reported,
+            "seed {seed}: recovery reported {reported} durable, a power loss left {}",
+            wal.last_index()
+        );
+    }
+}

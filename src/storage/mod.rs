@@ -113,6 +113,15 @@ pub trait StorageFile: Send + Sync + Debug + 'static {
     /// the metadata needed to read it back, such as the file size).
     async fn sync(&self) -> WalResult<()>;
 
+    /// Drops this file's clean pages from the OS page cache, so later reads come from the
+    /// device. After a failed fsync, Linux marks the unwritten pages clean but keeps serving them
+    /// from the cache; recovery syncs and then evicts the segment it appends to, so that it never
+    /// counts as durable what only the cache still holds. Dirty pages are not dropped. The
+    /// default does nothing (for backends without a page cache).
+    async fn evict_cache(&self) -> WalResult<()> {
+        Ok(())
+    }
+
     /// Writes `data` at `offset` and then syncs, as one operation. Returns `Ok` only after a
     /// successful sync that covers this write. Backends may do both in one step (io_uring links
     /// the write and the fsync).
@@ -186,6 +195,17 @@ pub struct StorageChoice {
     /// Why io_uring was not chosen although it was compiled in and preferred (for example
     /// [`WalError::IoUringUnavailable`](crate::WalError) naming the cause and the fix).
     pub fallback_reason: Option<crate::WalError>,
+}
+
+/// Drops the clean cached pages of `file` (POSIX_FADV_DONTNEED on Linux; nothing elsewhere).
+pub(crate) fn evict_file_cache(file: &std::fs::File) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed)?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+    Ok(())
 }
 
 /// Creates the best storage backend available: the io_uring backend when the crate is built with

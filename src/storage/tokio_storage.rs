@@ -196,6 +196,14 @@ impl StorageFile for TokioFile {
         self.mutate("fsync", |file| file.sync_data()).await
     }
 
+    async fn evict_cache(&self) -> WalResult<()> {
+        let file = Arc::clone(&self.file);
+        blocking("evict cache", &self.path, move || {
+            super::evict_file_cache(&file)
+        })
+        .await
+    }
+
     async fn write_at_and_sync(&self, offset: u64, data: Bytes) -> WalResult<()> {
         self.mutate("write+fsync", move |file| {
             write_all_at(file, &data, offset)?;

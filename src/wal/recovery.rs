@@ -333,6 +333,13 @@ impl ChainScan<'_> {
                 "recovery chain out of order"
             );
         }
+        if is_last {
+            // The segment appends continue in: a failed fsync of a previous run may have left
+            // pages that the cache serves but the device never got. Sync, then drop the cache,
+            // so the scan reads what is really durable.
+            found.file.sync().await?;
+            found.file.evict_cache().await?;
+        }
         let limits = ScanLimits {
             first_index,
             bound: found.bound,

@@ -151,6 +151,12 @@ impl StorageFile for IoUringFile {
             .map_err(|source| WalError::io("stat", &self.inner.path, source))
     }
 
+    async fn evict_cache(&self) -> WalResult<()> {
+        self.check_open()?;
+        crate::storage::evict_file_cache(&self.inner.file)
+            .map_err(|source| WalError::io("evict cache", &self.inner.path, source))
+    }
+
     async fn set_len(&self, len: u64) -> WalResult<()> {
         self.check_open()?;
         self.inner.poison.check()?;

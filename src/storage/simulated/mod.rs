@@ -537,6 +537,18 @@ impl StorageFile for SimulatedFile {
         self.mutate("write", |state| self.write_locked(state, offset, data))
     }
 
+    async fn evict_cache(&self) -> WalResult<()> {
+        self.live("evict cache", |state| {
+            // Like POSIX_FADV_DONTNEED: clean pages are dropped, so reads see the media
+            // again; a file with unsynced writes keeps its dirty pages.
+            let file = state.file(self.node);
+            if file.pending.is_empty() {
+                file.restart_from_durable();
+            }
+            Ok(())
+        })
+    }
+
     async fn read_at(&self, offset: u64, len: usize) -> WalResult<Bytes> {
         self.live("read", |state| {
             if state.inject(FaultKind::ReadError, &self.path) {
