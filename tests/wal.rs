@@ -248,14 +248,7 @@ mod cases {
     pub async fn garbage_tail_under_each_mode(harness: Harness) {
         let storage = harness.storage.clone();
         let dir = harness.dir.clone();
-        let mut wal = open(&storage, config(&dir)).await;
-        wal.append_batch_durable(&[entry(1, 1, 10), entry(2, 1, 10)])
-            .await
-            .unwrap();
-        let tail = wal.segments()[0].used_bytes;
-        let path = wal.segments()[0].path.clone();
-        wal.close().await.unwrap();
-        drop(wal);
+        let (tail, path) = two_entry_log(&storage, &dir).await;
         overwrite(&storage, &path, tail + 200, vec![0xAB; 333]).await;
         let strict = Wal::open(
             storage.clone(),
@@ -287,6 +280,17 @@ mod cases {
         .await;
         assert_eq!(wal.last_index(), 2);
         assert!(wal.recovery_report().cut.is_none());
+    }
+
+    /// Writes a durable log of two 10-byte entries and closes it; returns the offset just past
+    /// them and the segment's path.
+    async fn two_entry_log(storage: &Arc<dyn Storage>, dir: &Path) -> (u64, std::path::PathBuf) {
+        let mut wal = open(storage, config(dir)).await;
+        let entries = [entry(1, 1, 10), entry(2, 1, 10)];
+        wal.append_batch_durable(&entries).await.unwrap();
+        let segment = wal.segments()[0].clone();
+        wal.close().await.unwrap();
+        (segment.used_bytes, segment.path)
     }
 
     /// Builds a log of `count` entries of `len` bytes, each synced on its own, and returns the
@@ -583,13 +587,7 @@ mod cases {
     pub async fn read_only_open_changes_nothing(harness: Harness) {
         let storage = harness.storage.clone();
         let dir = harness.dir.clone();
-        let mut wal = open(&storage, config(&dir)).await;
-        wal.append_batch_durable(&[entry(1, 1, 10), entry(2, 1, 10)])
-            .await
-            .unwrap();
-        let tail = wal.segments()[0].used_bytes;
-        let path = wal.segments()[0].path.clone();
-        drop(wal);
+        let (tail, path) = two_entry_log(&storage, &dir).await;
         overwrite(&storage, &path, tail + 8, vec![0x77; 20]).await;
         let leftover = dir.join("00000000000000000009.wal.tmp");
         overwrite(&storage, &leftover, 0, vec![1; 10]).await;

@@ -158,6 +158,20 @@ struct Sample {
     latencies_ns: Vec<u64>,
 }
 
+impl Sample {
+    /// A run of `latencies_ns.len()` operations of `payload_bytes` each.
+    fn new(latencies_ns: Vec<u64>, payload_bytes: usize, elapsed: Duration, cpu: Duration) -> Self {
+        let operations = latencies_ns.len() as u64;
+        Self {
+            operations,
+            payload_bytes: operations * payload_bytes as u64,
+            elapsed,
+            cpu,
+            latencies_ns,
+        }
+    }
+}
+
 /// The reported figures of one workload on one backend.
 #[derive(Debug, Clone, Serialize)]
 struct Figures {
@@ -381,14 +395,7 @@ async fn partitions_durable(
     }
     let elapsed = started.elapsed();
     let cpu = process_cpu_time().saturating_sub(cpu_before);
-    let operations = latencies_ns.len() as u64;
-    Ok(Sample {
-        operations,
-        payload_bytes: operations * setup.payload.len() as u64,
-        elapsed,
-        cpu,
-        latencies_ns,
-    })
+    Ok(Sample::new(latencies_ns, setup.payload.len(), elapsed, cpu))
 }
 
 /// One BufferedWal, `appenders` tasks; each waits for durability of every append when `wait`,
@@ -461,14 +468,7 @@ async fn group_commit(
     let elapsed = started.elapsed();
     let cpu = process_cpu_time().saturating_sub(cpu_before);
     log.close().await?;
-    let operations = latencies_ns.len() as u64;
-    Ok(Sample {
-        operations,
-        payload_bytes: operations * setup.payload.len() as u64,
-        elapsed,
-        cpu,
-        latencies_ns,
-    })
+    Ok(Sample::new(latencies_ns, setup.payload.len(), elapsed, cpu))
 }
 
 fn percentile_us(sorted: &[u64], fraction: f64) -> f64 {
