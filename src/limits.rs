@@ -49,6 +49,10 @@ pub const MAX_SEGMENT_SIZE_BYTES: u64 = 1 << 30;
 /// disk or memory bandwidth.
 pub const RECOVERY_READ_CHUNK_BYTES: usize = 4 << 20;
 
+/// Bytes recovery may read, beyond the chunks it scans, to check candidate records past the tail
+/// of the last segment: 64 MiB. Only crafted data needs more; then the tail is taken for torn.
+pub const MAX_TAIL_VERIFICATION_BYTES: u64 = 64 << 20;
+
 /// Size of the zero-filled buffer used to pre-write new segments.
 pub const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
 

@@ -13,8 +13,8 @@ use crate::format::{
     SegmentHeader, PADDING_INDEX, TEMPORARY_SUFFIX,
 };
 use crate::limits::{
-    RECORD_ALIGNMENT_BYTES, RECORD_HEADER_SIZE_BYTES, RECOVERY_READ_CHUNK_BYTES,
-    SEGMENT_HEADER_SIZE_BYTES, ZERO_FILL_CHUNK_BYTES,
+    MAX_TAIL_VERIFICATION_BYTES, RECORD_ALIGNMENT_BYTES, RECORD_HEADER_SIZE_BYTES,
+    RECOVERY_READ_CHUNK_BYTES, SEGMENT_HEADER_SIZE_BYTES, ZERO_FILL_CHUNK_BYTES,
 };
 use crate::storage::{Storage, StorageFile};
 
@@ -440,6 +440,7 @@ pub(crate) async fn examine_tail(
 ) -> WalResult<TailState> {
     let mut first_nonzero = None;
     let mut later_record = false;
+    let mut verification_budget = MAX_TAIL_VERIFICATION_BYTES;
     let mut offset = start;
     while offset < limits.file_size {
         let chunk = file.read_at(offset, RECOVERY_READ_CHUNK_BYTES).await?;
@@ -455,6 +456,7 @@ pub(crate) async fn examine_tail(
                 &chunk,
                 missing_index,
                 limits,
+                &mut verification_budget,
             )
             .await?;
             match found {
@@ -485,6 +487,9 @@ pub(crate) async fn examine_tail(
 /// Looks at every aligned offset of `chunk` for a valid record of this segment that could
 /// follow the kept ones (index at or above `missing_index`); returns a witness as soon as one
 /// proves `missing_index` durable.
+/// Records that lie inside `chunk` are checked in place; others are read, and the bytes read
+/// this way are charged to `budget`: when it runs out (only crafted data gets there), the tail is
+/// taken for torn, which cuts and seals it and loses nothing that was valid.
 async fn find_later_record(
     file: &dyn StorageFile,
     segment_id: u64,
@@ -492,6 +497,7 @@ async fn find_later_record(
     chunk: &[u8],
     missing_index: u64,
     limits: &ScanLimits,
+    budget: &mut u64,
 ) -> WalResult<Option<Evidence>> {
     // A record written after the kept ones has an index above them, and no more of them fit
     // in the file than its size over the smallest record.
@@ -516,8 +522,18 @@ async fn find_later_record(
         if !plausible {
             continue;
         }
-        let record = file.read_at(offset, header.record_size()).await?;
-        if !record_checksum_matches(segment_id, &header, &record) {
+        let start = local - RECORD_ALIGNMENT_BYTES;
+        let valid = if start + header.record_size() <= chunk.len() {
+            record_checksum_matches(segment_id, &header, &chunk[start..])
+        } else {
+            let Some(left) = budget.checked_sub(header.record_size() as u64) else {
+                return Ok(Some(Evidence::Record));
+            };
+            *budget = left;
+            let record = file.read_at(offset, header.record_size()).await?;
+            record_checksum_matches(segment_id, &header, &record)
+        };
+        if !valid {
             continue;
         }
         if header.durable_index >= missing_index {
