@@ -43,16 +43,6 @@ pub async fn verify(
         wal.last_index(),
         report.bytes_read
     );
-    if let Some(cut) = &report.cut {
-        println!(
-            "recovery under {mode:?} would cut the log at {} offset {} (first discarded index \
-             {}): {}",
-            cut.segment.display(),
-            cut.offset,
-            cut.first_discarded_index,
-            cut.reason
-        );
-    }
     for path in &report.segments_removed {
         println!(
             "superseded segment (a writable open removes it): {}",
@@ -61,6 +51,17 @@ pub async fn verify(
     }
     for path in &report.foreign_files {
         println!("foreign file (ignored): {}", path.display());
+    }
+    if let Some(cut) = &report.cut {
+        // Damaged or torn records are a problem even where the mode would recover by cutting.
+        return Err(Failure::damaged(format!(
+            "recovery under {mode:?} would cut the log at {} offset {} and discard index {} and \
+             everything after it: {}",
+            cut.segment.display(),
+            cut.offset,
+            cut.first_discarded_index,
+            cut.reason
+        )));
     }
     println!("ok");
     Ok(())

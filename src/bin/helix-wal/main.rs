@@ -25,7 +25,8 @@ enum Command {
     /// Compare the storage backends side by side on durable appends (the main job).
     Bench(bench::BenchArgs),
     /// Check every segment and record of a log; exit 1 and name the file and offset of the first
-    /// problem on corruption. Changes nothing on disk.
+    /// problem when any record is damaged or torn (an error under the mode, or a cut it would
+    /// make). Changes nothing on disk.
     Verify {
         /// The log directory.
         dir: PathBuf,
@@ -107,6 +108,14 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// Damaged log data (exit code 1).
+    pub fn damaged(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code: 1,
+        }
+    }
+
     /// A usage or I/O failure (exit code 2).
     pub fn usage(message: impl Into<String>) -> Self {
         Self {
