@@ -226,6 +226,21 @@ mod cases {
         }
     }
 
+    // Proves open_read_only reads an existing file's contents.
+    pub async fn open_read_only_reads(harness: Harness) {
+        let storage = &harness.storage;
+        storage.create_dir_all(&harness.dir).await.unwrap();
+        let path = harness.dir.join("a");
+        let file = storage.open(&path).await.unwrap();
+        file.write_at_and_sync(0, Bytes::from_static(b"kept"))
+            .await
+            .unwrap();
+        drop(file);
+        let reader = storage.open_read_only(&path).await.unwrap();
+        assert_eq!(&reader.read_at(0, 4).await.unwrap()[..], b"kept");
+        assert_eq!(reader.size().await.unwrap(), 4);
+    }
+
     // Proves a read allocation is bounded by the file, not by the requested length.
     pub async fn huge_read_is_bounded_by_file_size(harness: Harness) {
         let storage = &harness.storage;
@@ -249,4 +264,5 @@ for_each_backend!(crate::cases;
     error_kinds_match_the_os,
     concurrent_writers_do_not_mix,
     huge_read_is_bounded_by_file_size,
+    open_read_only_reads,
 );

@@ -63,6 +63,12 @@ pub trait Storage: Send + Sync + Debug + 'static {
     /// The creation is durable only after [`Storage::sync_dir`] of the parent.
     async fn open(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>>;
 
+    /// Opens the existing file at `path` for reading only, for inspecting a log without changing
+    /// it (a read-only mount included). The default opens it as [`Storage::open`] does.
+    async fn open_read_only(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
+        self.open(path).await
+    }
+
     /// True if a file or directory exists at `path`.
     async fn exists(&self, path: &Path) -> WalResult<bool>;
 
@@ -138,6 +144,9 @@ impl<S: Storage + ?Sized> Storage for Arc<S> {
     }
     async fn open(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
         (**self).open(path).await
+    }
+    async fn open_read_only(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
+        (**self).open_read_only(path).await
     }
     async fn exists(&self, path: &Path) -> WalResult<bool> {
         (**self).exists(path).await

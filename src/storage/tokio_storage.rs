@@ -28,6 +28,36 @@ impl TokioStorage {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Opens `path` for reading and, when `writable`, for writing (creating it if missing).
+    async fn open_with(&self, path: &Path, writable: bool) -> WalResult<Arc<dyn StorageFile>> {
+        let owned = path.to_path_buf();
+        let file = blocking("open", path, move || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(writable)
+                .create(writable)
+                .truncate(false)
+                .open(&owned)
+        })
+        .await?;
+        if file
+            .metadata()
+            .map_err(|source| WalError::io("stat", path, source))?
+            .is_dir()
+        {
+            return Err(WalError::io(
+                "open",
+                path,
+                io::Error::new(io::ErrorKind::IsADirectory, "is a directory"),
+            ));
+        }
+        Ok(Arc::new(TokioFile {
+            file: Arc::new(file),
+            path: path.to_path_buf(),
+            poison: Arc::new(Poison::new()),
+        }))
+    }
 }
 
 /// Runs `work` on tokio's blocking pool and maps an I/O error to [`WalError::Io`].
@@ -53,32 +83,11 @@ impl Storage for TokioStorage {
     }
 
     async fn open(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
-        let owned = path.to_path_buf();
-        let file = blocking("open", path, move || {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&owned)
-        })
-        .await?;
-        if file
-            .metadata()
-            .map_err(|source| WalError::io("stat", path, source))?
-            .is_dir()
-        {
-            return Err(WalError::io(
-                "open",
-                path,
-                io::Error::new(io::ErrorKind::IsADirectory, "is a directory"),
-            ));
-        }
-        Ok(Arc::new(TokioFile {
-            file: Arc::new(file),
-            path: path.to_path_buf(),
-            poison: Arc::new(Poison::new()),
-        }))
+        self.open_with(path, true).await
+    }
+
+    async fn open_read_only(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
+        self.open_with(path, false).await
     }
 
     async fn exists(&self, path: &Path) -> WalResult<bool> {

@@ -126,8 +126,13 @@ async fn open_segment<S: Storage + ?Sized>(
     storage: &S,
     id: u64,
     path: PathBuf,
+    read_only: bool,
 ) -> WalResult<Found> {
-    let file = storage.open(&path).await?;
+    let file = if read_only {
+        storage.open_read_only(&path).await?
+    } else {
+        storage.open(&path).await?
+    };
     let file_size = file.size().await?;
     let bytes = file.read_at(0, SEGMENT_HEADER_FIELDS_BYTES).await?;
     let header =
@@ -238,7 +243,7 @@ pub(crate) async fn recover<S: Storage + ?Sized>(
         // unknown, so recovery cannot tell which records of older segments it superseded (a
         // truncation's segment hides the truncated entries), and keeping the older segments
         // whole could bring truncated entries back.
-        found.push(open_segment(storage, id, path).await?);
+        found.push(open_segment(storage, id, path, read_only).await?);
     }
     let (live, mut dead) = build_chain(found, &mut report);
     let log_start_index = live
@@ -251,6 +256,7 @@ pub(crate) async fn recover<S: Storage + ?Sized>(
         segments: Vec::with_capacity(live.len()),
         terms: TermRuns::default(),
         needs_new_segment: false,
+        read_only,
         report,
     };
     let total = live.len();
@@ -317,6 +323,8 @@ struct ChainScan<'a> {
     segments: Vec<Segment>,
     terms: TermRuns,
     needs_new_segment: bool,
+    /// Inspection only: change nothing, not even the page cache.
+    read_only: bool,
     report: RecoveryReport,
 }
 
@@ -333,7 +341,7 @@ impl ChainScan<'_> {
                 "recovery chain out of order"
             );
         }
-        if is_last {
+        if is_last && !self.read_only {
             // The segment appends continue in: a failed fsync of a previous run may have left
             // pages that the cache serves but the device never got. Sync, then drop the cache,
             // so the scan reads what is really durable.
