@@ -65,6 +65,17 @@ pub enum WalError {
         what: &'static str,
     },
 
+    /// Another log holds the directory's lock.
+    #[error(
+        "the log in {} is open elsewhere (another process, or another Wal in this one); close it \
+         first: two writers would destroy each other's segments",
+        dir.display()
+    )]
+    Locked {
+        /// The log's directory.
+        dir: PathBuf,
+    },
+
     /// The log was opened read-only and refuses writes.
     #[error("the log in {} was opened read-only; open it with Wal::open to write", dir.display())]
     ReadOnly {
@@ -271,6 +282,7 @@ impl WalError {
             },
             WalError::Shutdown { what } => WalError::Shutdown { what },
             WalError::ReadOnly { dir } => WalError::ReadOnly { dir: dir.clone() },
+            WalError::Locked { dir } => WalError::Locked { dir: dir.clone() },
             WalError::InvalidConfig { field, reason } => WalError::InvalidConfig {
                 field,
                 reason: reason.clone(),

@@ -767,6 +767,22 @@ mod cases {
         );
     }
 
+    // Proves one directory has one writer: a second open fails with Locked while the first log
+    // is open (read-only opens are allowed), and succeeds once it is dropped.
+    pub async fn one_writer_per_directory(harness: Harness) {
+        let storage = harness.storage.clone();
+        let first = open(&storage, config(&harness.dir)).await;
+        match Wal::open(storage.clone(), config(&harness.dir)).await {
+            Err(WalError::Locked { dir }) => assert_eq!(dir, harness.dir),
+            other => panic!("a second writer was let in: {other:?}"),
+        }
+        Wal::open_read_only(storage.clone(), config(&harness.dir))
+            .await
+            .unwrap();
+        drop(first);
+        open(&storage, config(&harness.dir)).await;
+    }
+
     // Proves closing makes appends durable and refuses later writes with Shutdown.
     pub async fn close_syncs_and_refuses_writes(harness: Harness) {
         let storage = harness.storage.clone();
@@ -802,4 +818,5 @@ for_each_backend!(crate::cases;
     read_only_open_changes_nothing,
     purged_segments_are_recycled,
     torn_tail_in_a_recycled_segment,
+    one_writer_per_directory,
 );

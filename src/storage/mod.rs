@@ -93,6 +93,45 @@ pub trait Storage: Send + Sync + Debug + 'static {
     /// Makes the creation, removal and renaming of entries of `dir` durable (fsync of the
     /// directory).
     async fn sync_dir(&self, dir: &Path) -> WalResult<()>;
+
+    /// Takes an exclusive lock on the existing directory `dir`, held until the returned
+    /// [`DirLock`] is dropped (or the process dies), so that two logs never write one directory.
+    /// Fails with [`WalError::Locked`](crate::WalError) when it is held elsewhere. The default
+    /// takes no lock.
+    async fn lock_dir(&self, dir: &Path) -> WalResult<DirLock> {
+        let _ = dir;
+        Ok(DirLock::none())
+    }
+}
+
+/// Name of the lock file a backend may keep in a log directory; recovery ignores it.
+pub const LOCK_FILE_NAME: &str = "LOCK";
+
+/// An exclusive lock on a log directory, released when dropped.
+pub struct DirLock {
+    _guard: Option<Box<dyn Send + Sync>>,
+}
+
+impl DirLock {
+    /// No lock at all (backends that cannot lock).
+    pub fn none() -> Self {
+        Self { _guard: None }
+    }
+
+    /// A lock released when `guard` is dropped.
+    pub fn holding(guard: impl Send + Sync + 'static) -> Self {
+        Self {
+            _guard: Some(Box::new(guard)),
+        }
+    }
+}
+
+impl std::fmt::Debug for DirLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirLock")
+            .field("held", &self._guard.is_some())
+            .finish()
+    }
 }
 
 /// An open file. Positional I/O only: there is no shared cursor.
@@ -168,6 +207,9 @@ impl<S: Storage + ?Sized> Storage for Arc<S> {
     }
     async fn sync_dir(&self, dir: &Path) -> WalResult<()> {
         (**self).sync_dir(dir).await
+    }
+    async fn lock_dir(&self, dir: &Path) -> WalResult<DirLock> {
+        (**self).lock_dir(dir).await
     }
 }
 

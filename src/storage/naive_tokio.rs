@@ -82,6 +82,10 @@ impl Storage for NaiveTokioStorage {
     async fn sync_dir(&self, dir: &Path) -> WalResult<()> {
         self.directories.sync_dir(dir).await
     }
+
+    async fn lock_dir(&self, dir: &Path) -> WalResult<super::DirLock> {
+        self.directories.lock_dir(dir).await
+    }
 }
 
 #[derive(Debug)]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{Storage, StorageFile};
+use super::{DirLock, Storage, StorageFile, LOCK_FILE_NAME};
 use crate::error::{Poison, WalError, WalResult};
 
 /// The portable storage backend on tokio's blocking thread pool.
@@ -140,6 +140,43 @@ impl Storage for TokioStorage {
         let owned = dir.to_path_buf();
         blocking("fsync directory", dir, move || sync_directory(&owned)).await
     }
+
+    async fn lock_dir(&self, dir: &Path) -> WalResult<DirLock> {
+        let path = dir.join(LOCK_FILE_NAME);
+        let owned = path.clone();
+        let file = blocking("lock", &path, move || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&owned)
+        })
+        .await?;
+        lock_exclusively(&file).map_err(|source| {
+            if source.kind() == io::ErrorKind::WouldBlock {
+                WalError::Locked {
+                    dir: dir.to_path_buf(),
+                }
+            } else {
+                WalError::io("lock", &path, source)
+            }
+        })?;
+        // The lock lives as long as the open file.
+        Ok(DirLock::holding(file))
+    }
+}
+
+/// flock(LOCK_EX | LOCK_NB): released when the file is closed, also when the process dies.
+#[cfg(target_os = "linux")]
+fn lock_exclusively(file: &File) -> io::Result<()> {
+    rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lock_exclusively(_file: &File) -> io::Result<()> {
+    Ok(())
 }
 
 #[cfg(unix)]

@@ -11,7 +11,7 @@ use crate::limits::{
     HARD_MAX_ENTRY_SIZE_BYTES, HARD_MAX_READ_RANGE_BYTES, MAX_LOG_INDEX, RECOVERY_READ_CHUNK_BYTES,
     RECYCLED_SEGMENTS_KEPT,
 };
-use crate::storage::Storage;
+use crate::storage::{DirLock, Storage};
 
 pub(crate) mod buffered;
 pub(crate) mod config;
@@ -63,6 +63,8 @@ pub struct Wal<S: Storage + Clone> {
     /// Files of purged segments kept for reuse (under temporary names), newest last: reusing
     /// one costs a header write instead of zero-filling a new file.
     recycled: Vec<PathBuf>,
+    /// The directory's lock, held until the log is closed or dropped.
+    _lock: DirLock,
 }
 
 /// A summary of the log's shape, for inspection tools.
@@ -101,6 +103,13 @@ impl<S: Storage + Clone> Wal<S> {
 
     async fn open_with(storage: S, config: WalConfig, read_only: bool) -> WalResult<Self> {
         config.validate()?;
+        // One writer per directory: the lock is taken before recovery changes anything.
+        let lock = if read_only {
+            DirLock::none()
+        } else {
+            recovery::create_log_dir(&storage, &config.dir).await?;
+            storage.lock_dir(&config.dir).await?
+        };
         let recovered = recovery::recover(&storage, &config, read_only).await?;
         let mut wal = Wal {
             storage,
@@ -118,6 +127,7 @@ impl<S: Storage + Clone> Wal<S> {
             spare: None,
             read_only,
             recycled: Vec::new(),
+            _lock: lock,
             config,
         };
         if read_only {
@@ -689,6 +699,8 @@ impl<S: Storage + Clone> Wal<S> {
         };
         self.closed = true;
         self.abandon_spare();
+        // A closed log writes nothing more: another may open the directory.
+        self._lock = DirLock::none();
         synced
     }
 }

@@ -18,7 +18,7 @@ use crate::format::{
     decode_segment_header, parse_segment_file_name, SegmentHeader, SEGMENT_HEADER_FIELDS_BYTES,
     TEMPORARY_SUFFIX,
 };
-use crate::storage::{Storage, StorageFile};
+use crate::storage::{Storage, StorageFile, LOCK_FILE_NAME};
 use crate::wal::config::{RecoveryMode, WalConfig};
 use crate::wal::segment::{
     examine_tail, scan_records, Scan, ScanLimits, ScanStop, Segment, TailState,
@@ -95,6 +95,9 @@ async fn list_segments<S: Storage + ?Sized>(
             .file_name()
             .map(|name| name.to_string_lossy().into_owned())
             .unwrap_or_default();
+        if name == LOCK_FILE_NAME {
+            continue;
+        }
         if name.ends_with(TEMPORARY_SUFFIX) && !storage.is_dir(&path).await? {
             if !read_only {
                 storage.remove(&path).await?;
@@ -191,7 +194,7 @@ fn build_chain(found: Vec<Found>, report: &mut RecoveryReport) -> (Vec<Found>, V
 /// directory it had to create, and always the log directory's own parent, because a directory
 /// left by a run that crashed before syncing it may exist now and vanish at the next power loss,
 /// taking every segment in it along.
-async fn create_log_dir<S: Storage + ?Sized>(storage: &S, dir: &Path) -> WalResult<()> {
+pub(crate) async fn create_log_dir<S: Storage + ?Sized>(storage: &S, dir: &Path) -> WalResult<()> {
     let mut missing = Vec::new();
     let mut current = Some(dir);
     while let Some(path) = current {

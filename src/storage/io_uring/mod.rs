@@ -265,4 +265,8 @@ impl Storage for IoUringWorkerStorage {
         self.check_open()?;
         self.metadata.sync_dir(dir).await
     }
+
+    async fn lock_dir(&self, dir: &Path) -> WalResult<crate::storage::DirLock> {
+        self.metadata.lock_dir(dir).await
+    }
 }

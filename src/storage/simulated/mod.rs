@@ -43,7 +43,7 @@ pub use config::{
     CrashReport, FaultConfig, FaultCounters, FaultKind, NoSpaceScope, OneShotFault, SimulatedConfig,
 };
 
-use super::{Storage, StorageFile};
+use super::{DirLock, Storage, StorageFile};
 use crate::error::{Poison, WalError, WalResult};
 use crate::limits::SIMULATED_MAX_FILE_SIZE_BYTES;
 use rng::SimRng;
@@ -68,6 +68,9 @@ struct State {
     /// Incremented by every crash; handles from an older generation are stale.
     generation: u64,
     tree: Tree,
+    /// Locked directories, with the generation that took the lock: a crash (a new generation)
+    /// releases every lock, as the death of a process does.
+    locks: std::collections::HashMap<PathBuf, u64>,
 }
 
 impl State {
@@ -144,6 +147,7 @@ impl SimulatedStorage {
             poison_files: config.poison_files,
             generation: 0,
             tree: Tree::new(),
+            locks: std::collections::HashMap::new(),
         };
         Ok(Self {
             shared: Arc::new(Mutex::new(state)),
@@ -415,6 +419,22 @@ impl Storage for SimulatedStorage {
             Ok(())
         })
     }
+
+    async fn lock_dir(&self, dir: &Path) -> WalResult<DirLock> {
+        let mut state = self.lock();
+        let generation = state.generation;
+        if state.locks.get(dir) == Some(&generation) {
+            return Err(WalError::Locked {
+                dir: dir.to_path_buf(),
+            });
+        }
+        state.locks.insert(dir.to_path_buf(), generation);
+        Ok(DirLock::holding(SimulatedLock {
+            shared: Arc::clone(&self.shared),
+            dir: dir.to_path_buf(),
+            generation,
+        }))
+    }
 }
 
 /// A file handle of [`SimulatedStorage`], valid until the next crash.
@@ -596,5 +616,21 @@ impl StorageFile for SimulatedFile {
             self.write_locked(state, offset, data)?;
             self.sync_locked(state)
         })
+    }
+}
+
+/// A simulated directory lock; dropping it releases the lock unless a crash already did.
+struct SimulatedLock {
+    shared: Arc<Mutex<State>>,
+    dir: PathBuf,
+    generation: u64,
+}
+
+impl Drop for SimulatedLock {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.locks.get(&self.dir) == Some(&self.generation) {
+            state.locks.remove(&self.dir);
+        }
     }
 }
