@@ -14,6 +14,12 @@
 mod error;
 mod format;
 mod limits;
+#[cfg(feature = "sabotage")]
+#[doc(hidden)]
+pub mod sabotage;
+#[cfg(not(feature = "sabotage"))]
+#[allow(dead_code)]
+mod sabotage;
 mod storage;
 mod wal;
 

@@ -28,6 +28,7 @@
 
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -93,6 +94,16 @@ pub trait Storage: Send + Sync + Debug + 'static {
     /// Makes the creation, removal and renaming of entries of `dir` durable (fsync of the
     /// directory).
     async fn sync_dir(&self, dir: &Path) -> WalResult<()>;
+
+    /// A tag no earlier call returned in this process, for naming temporary files
+    /// (`PPPPPPPP-CCCCCCCC`: hex digits of the process id and of a counter), so that a file
+    /// prepared by an abandoned log never shares a name with one a newer log prepares. The
+    /// default uses the process id and a process-wide counter.
+    fn temporary_file_tag(&self) -> String {
+        static TAGS: AtomicU64 = AtomicU64::new(0);
+        let tag = TAGS.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}-{tag:08x}", std::process::id())
+    }
 
     /// Takes an exclusive lock on the existing directory `dir`, held until the returned
     /// [`DirLock`] is dropped (or the process dies), so that two logs never write one directory.
@@ -207,6 +218,9 @@ impl<S: Storage + ?Sized> Storage for Arc<S> {
     }
     async fn sync_dir(&self, dir: &Path) -> WalResult<()> {
         (**self).sync_dir(dir).await
+    }
+    fn temporary_file_tag(&self) -> String {
+        (**self).temporary_file_tag()
     }
     async fn lock_dir(&self, dir: &Path) -> WalResult<DirLock> {
         (**self).lock_dir(dir).await

@@ -8,11 +8,11 @@
 //! happens as soon as anything is buffered, so concurrent appenders still share fsyncs.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{watch, Notify, RwLock};
+use tokio::sync::{Notify, RwLock};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -152,7 +152,52 @@ struct Shared<S: Storage + Clone> {
     buffer: Mutex<Buffer>,
     wal: RwLock<Wal<S>>,
     wake_flusher: Notify,
-    durability: watch::Sender<Durability>,
+    durability: Published<Durability>,
+}
+
+/// A value tasks wait on. Like a tokio watch channel, but waiters are woken in the order they
+/// began to wait: tokio's watch wakes its waiters through shards picked at random, which would
+/// make a simulated run depend on more than its seed.
+#[derive(Debug)]
+struct Published<T> {
+    value: Mutex<T>,
+    changed: Notify,
+}
+
+impl<T: Clone> Published<T> {
+    fn new(value: T) -> Self {
+        Self {
+            value: Mutex::new(value),
+            changed: Notify::new(),
+        }
+    }
+
+    fn get(&self) -> T {
+        self.value
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Changes the value and wakes every waiter.
+    fn modify(&self, change: impl FnOnce(&mut T)) {
+        change(&mut self.value.lock().unwrap_or_else(PoisonError::into_inner));
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until `ready` returns `Some` for the value, and returns that.
+    async fn wait_for<R>(&self, mut ready: impl FnMut(&T) -> Option<R>) -> R {
+        loop {
+            // Registered before the check, so a change between the check and the wait is seen.
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(result) = ready(&self.get()) {
+                return result;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl<S: Storage + Clone> Shared<S> {
@@ -225,7 +270,7 @@ impl<S: Storage + Clone> BufferedWal<S> {
             truncation_count: 0,
             truncations: VecDeque::new(),
         };
-        let (durability, _) = watch::channel(Durability {
+        let durability = Published::new(Durability {
             index: durable,
             failure: None,
             stopped: false,
@@ -273,8 +318,12 @@ impl<S: Storage + Clone> BufferedWal<S> {
     /// Returns the index and the truncation count at the moment it was buffered.
     async fn append_with(&self, mut entry: Entry, assign_index: bool) -> WalResult<(u64, u64)> {
         let shared = self.shared();
-        let mut durability = shared.durability.subscribe();
         loop {
+            // A flush frees the buffer and publishes a new durable index (or a failure); the end
+            // of a truncate or purge publishes too. Listen before looking, to miss none.
+            let published = shared.durability.changed.notified();
+            tokio::pin!(published);
+            published.as_mut().enable();
             {
                 let mut buffer = shared.buffer();
                 let full = buffer.pending.len() >= shared.config.max_buffered_entries
@@ -294,13 +343,7 @@ impl<S: Storage + Clone> BufferedWal<S> {
                 }
             }
             shared.wake_flusher.notify_one();
-            // A flush frees the buffer and publishes a new durable index (or a failure); the
-            // end of a truncate or purge publishes too.
-            if durability.changed().await.is_err() {
-                return Err(WalError::Shutdown {
-                    what: "buffered log",
-                });
-            }
+            published.await;
         }
     }
 
@@ -383,28 +426,22 @@ impl<S: Storage + Clone> BufferedWal<S> {
                 )));
             }
         }
-        let mut durability = shared.durability.subscribe();
-        loop {
-            {
-                let state = durability.borrow_and_update();
+        shared
+            .durability
+            .wait_for(|state| {
                 if state.index >= index {
-                    return Ok(());
-                }
-                if let Some(failure) = &state.failure {
-                    return Err(Shared::<S>::poisoned_error(failure));
-                }
-                if state.stopped {
-                    return Err(WalError::Shutdown {
+                    Some(Ok(()))
+                } else if let Some(failure) = &state.failure {
+                    Some(Err(Shared::<S>::poisoned_error(failure)))
+                } else if state.stopped {
+                    Some(Err(WalError::Shutdown {
                         what: "buffered log",
-                    });
+                    }))
+                } else {
+                    None
                 }
-            }
-            if durability.changed().await.is_err() {
-                return Err(WalError::Shutdown {
-                    what: "buffered log",
-                });
-            }
-        }
+            })
+            .await
     }
 
     /// Flushes everything buffered now and waits until it is durable.
@@ -419,7 +456,7 @@ impl<S: Storage + Clone> BufferedWal<S> {
             buffer.next_index - 1
         };
         shared.wake_flusher.notify_one();
-        if last <= shared.durability.borrow().index {
+        if last <= shared.durability.get().index {
             return Ok(());
         }
         self.wait_durable(last).await
@@ -437,19 +474,30 @@ impl<S: Storage + Clone> BufferedWal<S> {
 
     /// The highest index known durable.
     pub fn durable_index(&self) -> u64 {
-        self.shared().durability.borrow().index
+        self.shared().durability.get().index
     }
 
     /// Reads entry `index`, from the buffer if it is not written yet.
     pub async fn read(&self, index: u64) -> WalResult<Entry> {
         let shared = self.shared();
-        {
+        let lost = {
             let buffer = shared.buffer();
             if let Some(entry) = find_buffered(&buffer, index) {
                 return Ok(entry);
             }
+            Self::lost_to_failure(&buffer, index)
+        };
+        let wal = shared.wal.read().await;
+        if let Some(failure) = lost.filter(|_| index > wal.last_index()) {
+            return Err(Shared::<S>::poisoned_error(&failure));
         }
-        shared.wal.read().await.read(index).await
+        wal.read(index).await
+    }
+
+    /// The failure that discarded buffered entries, when `index` was one of them (appended,
+    /// never written): reads of it report the poisoning, not a missing index.
+    fn lost_to_failure(buffer: &Buffer, index: u64) -> Option<Arc<WalError>> {
+        buffer.failure.clone().filter(|_| index < buffer.next_index)
     }
 
     /// Reads entries `[from, to)` (see [`Wal::read_range`]), buffered ones included.
@@ -466,6 +514,9 @@ impl<S: Storage + Clone> BufferedWal<S> {
         let buffer = shared.buffer();
         while next < to {
             let Some(entry) = find_buffered(&buffer, next) else {
+                if let Some(failure) = Self::lost_to_failure(&buffer, next) {
+                    return Err(Shared::<S>::poisoned_error(&failure));
+                }
                 break;
             };
             payload_bytes += entry.payload.len();
@@ -554,14 +605,14 @@ impl<S: Storage + Clone> BufferedWal<S> {
             buffer.failure = Some(Arc::clone(&failure));
             shared
                 .durability
-                .send_modify(|state| state.failure = Some(failure));
+                .modify(|state| state.failure = Some(failure));
             return Err(error);
         }
         buffer.next_index = wal.last_index() + 1;
         buffer.last_term = wal.terms.last_term().unwrap_or(0);
         buffer.first_index = wal.first_index();
         let durable = wal.durable_index();
-        shared.durability.send_modify(|state| state.index = durable);
+        shared.durability.modify(|state| state.index = durable);
         Ok(())
     }
 
@@ -643,7 +694,10 @@ async fn run_flusher<S: Storage + Clone>(shared: Arc<Shared<S>>) {
             Next::Stop => break,
             Next::Wait(None) => shared.wake_flusher.notified().await,
             Next::Wait(Some(deadline)) => {
+                // Biased: polled in this order, so a run under a paused clock is a function of
+                // its inputs (the simulation's seeds replay exactly).
                 tokio::select! {
+                    biased;
                     _ = shared.wake_flusher.notified() => {}
                     _ = tokio::time::sleep_until(deadline) => {}
                 }
@@ -651,7 +705,7 @@ async fn run_flusher<S: Storage + Clone>(shared: Arc<Shared<S>>) {
             Next::Flush => flush_once(&shared).await,
         }
     }
-    shared.durability.send_modify(|state| state.stopped = true);
+    shared.durability.modify(|state| state.stopped = true);
 }
 
 /// Writes and syncs everything pending in one batch.
@@ -677,7 +731,7 @@ async fn flush_once<S: Storage + Clone>(shared: &Shared<S>) {
         Ok(()) => {
             let durable = wal.durable_index();
             drop(buffer);
-            shared.durability.send_modify(|state| state.index = durable);
+            shared.durability.modify(|state| state.index = durable);
         }
         Err(error) => {
             tracing::error!(%error, "group commit failed; the log is poisoned");
@@ -687,7 +741,7 @@ async fn flush_once<S: Storage + Clone>(shared: &Shared<S>) {
             drop(buffer);
             shared
                 .durability
-                .send_modify(|state| state.failure = Some(failure));
+                .modify(|state| state.failure = Some(failure));
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::limits::{
     HARD_MAX_ENTRY_SIZE_BYTES, HARD_MAX_READ_RANGE_BYTES, MAX_LOG_INDEX, RECOVERY_READ_CHUNK_BYTES,
     RECYCLED_SEGMENTS_KEPT,
 };
+use crate::sabotage::{is_on, Sabotage};
 use crate::storage::{DirLock, Storage};
 
 pub(crate) mod buffered;
@@ -361,11 +362,14 @@ impl<S: Storage + Clone> Wal<S> {
         self.encode_buffer = buffer;
         let length = data.len() as u64;
         let file = segment.file.clone();
-        let result = if sync_now {
+        let mut result = if sync_now && !is_on(Sabotage::SkipFsync) {
             file.write_at_and_sync(start, data).await
         } else {
             file.write_at(start, data).await
         };
+        if result.is_err() && sync_now && is_on(Sabotage::RetryFailedFsync) {
+            result = file.sync().await;
+        }
         if let Err(error) = result {
             return Err(self.poison.poison(error));
         }
@@ -382,6 +386,9 @@ impl<S: Storage + Clone> Wal<S> {
         } else {
             self.unsynced = true;
         }
+        if is_on(Sabotage::AckBeforeFsync) {
+            self.durable_index = self.next_index - 1;
+        }
         Ok(())
     }
 
@@ -397,7 +404,15 @@ impl<S: Storage + Clone> Wal<S> {
             .expect("unsynced implies a segment")
             .file
             .clone();
-        if let Err(error) = file.sync().await {
+        let mut synced = if is_on(Sabotage::SkipFsync) {
+            Ok(())
+        } else {
+            file.sync().await
+        };
+        if synced.is_err() && is_on(Sabotage::RetryFailedFsync) {
+            synced = file.sync().await;
+        }
+        if let Err(error) = synced {
             return Err(self.poison.poison(error));
         }
         self.unsynced = false;
@@ -503,6 +518,9 @@ impl<S: Storage + Clone> Wal<S> {
         for path in paths {
             let removed = async {
                 self.storage.remove(path).await?;
+                if is_on(Sabotage::SkipDirSync) {
+                    return Ok(());
+                }
                 self.storage.sync_dir(&self.config.dir).await
             }
             .await;
@@ -645,13 +663,17 @@ impl<S: Storage + Clone> Wal<S> {
             drop(segment);
             let retired = async {
                 if reusable {
-                    let spare = segment::temporary_path(&self.config.dir);
+                    let spare = segment::temporary_path(&self.storage, &self.config.dir);
                     self.storage.rename(&path, &spare).await?;
-                    self.storage.sync_dir(&self.config.dir).await?;
+                    if !is_on(Sabotage::SkipDirSync) {
+                        self.storage.sync_dir(&self.config.dir).await?;
+                    }
                     Ok(Some(spare))
                 } else {
                     self.storage.remove(&path).await?;
-                    self.storage.sync_dir(&self.config.dir).await?;
+                    if !is_on(Sabotage::SkipDirSync) {
+                        self.storage.sync_dir(&self.config.dir).await?;
+                    }
                     Ok(None)
                 }
             }

@@ -344,11 +344,15 @@ impl ChainScan<'_> {
                 "recovery chain out of order"
             );
         }
-        if is_last && !self.read_only {
+        if is_last {
             // The segment appends continue in: a failed fsync of a previous run may have left
             // pages that the cache serves but the device never got. Sync, then drop the cache,
-            // so the scan reads what is really durable.
-            found.file.sync().await?;
+            // so the scan reads what is really durable. A read-only open cannot sync, but it
+            // drops the clean pages too (dirty ones stay, as a sync would make them durable),
+            // so it sees what recovery would.
+            if !self.read_only {
+                found.file.sync().await?;
+            }
             found.file.evict_cache().await?;
         }
         let limits = ScanLimits {

@@ -2,7 +2,6 @@
 //! recovery uses.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -16,6 +15,7 @@ use crate::limits::{
     MAX_TAIL_VERIFICATION_BYTES, RECORD_ALIGNMENT_BYTES, RECORD_HEADER_SIZE_BYTES,
     RECOVERY_READ_CHUNK_BYTES, SEGMENT_HEADER_SIZE_BYTES, ZERO_FILL_CHUNK_BYTES,
 };
+use crate::sabotage::{is_on, Sabotage};
 use crate::storage::{Storage, StorageFile};
 
 /// A segment of the log held open, with the byte offset of each of its records.
@@ -150,16 +150,15 @@ fn zero_chunk() -> Bytes {
         .clone()
 }
 
-/// A fresh temporary name for a segment file being prepared or kept for reuse. The name is
-/// unique in the process, so a preparation abandoned by a dropped log can never write into the
-/// file that a newer log on the same directory prepares. It carries no segment id: ids are
-/// given when a file is installed, so they always increase in the order segments join the log.
-pub(crate) fn temporary_path(dir: &Path) -> PathBuf {
-    static PREPARATIONS: AtomicU64 = AtomicU64::new(0);
-    let preparation = PREPARATIONS.fetch_add(1, Ordering::Relaxed);
+/// A fresh temporary name for a segment file being prepared or kept for reuse. The storage's
+/// tag makes it unique in the process, so a preparation abandoned by a dropped log can never
+/// write into the file that a newer log on the same directory prepares. It carries no segment
+/// id: ids are given when a file is installed, so they always increase in the order segments
+/// join the log.
+pub(crate) fn temporary_path<S: Storage + ?Sized>(storage: &S, dir: &Path) -> PathBuf {
     dir.join(format!(
-        "spare-{:08x}-{preparation:08x}{TEMPORARY_SUFFIX}",
-        std::process::id()
+        "spare-{}{TEMPORARY_SUFFIX}",
+        storage.temporary_file_tag()
     ))
 }
 
@@ -172,7 +171,7 @@ pub(crate) async fn prepare_segment_file<S: Storage + ?Sized>(
     dir: &Path,
     size_bytes: u64,
 ) -> WalResult<PathBuf> {
-    let temporary = temporary_path(dir);
+    let temporary = temporary_path(storage, dir);
     let file = storage.open(&temporary).await?;
     file.set_len(0).await?;
     let mut offset = 0;
@@ -212,7 +211,9 @@ pub(crate) async fn install_segment<S: Storage + ?Sized>(
         .await?;
     drop(file);
     storage.rename(prepared, &path).await?;
-    storage.sync_dir(dir).await?;
+    if !is_on(Sabotage::SkipDirSync) {
+        storage.sync_dir(dir).await?;
+    }
     let file = storage.open(&path).await?;
     Ok(Segment {
         header,
@@ -363,7 +364,8 @@ pub(crate) async fn scan_records(
         let record = window
             .ensure(file, offset, size, &mut scan.bytes_read)
             .await?;
-        if !record_checksum_matches(segment_id, &header, record) {
+        let kept_torn = is_on(Sabotage::KeepTornTail) && header.index == expected;
+        if !record_checksum_matches(segment_id, &header, record) && !kept_torn {
             scan.stop = damaged("record checksum mismatch".into());
             return Ok(scan);
         }

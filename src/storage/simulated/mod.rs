@@ -71,6 +71,8 @@ struct State {
     /// Locked directories, with the generation that took the lock: a crash (a new generation)
     /// releases every lock, as the death of a process does.
     locks: std::collections::HashMap<PathBuf, u64>,
+    /// Temporary file tags handed out, so names depend on the run, not on the process.
+    tags: u64,
 }
 
 impl State {
@@ -148,6 +150,7 @@ impl SimulatedStorage {
             generation: 0,
             tree: Tree::new(),
             locks: std::collections::HashMap::new(),
+            tags: 0,
         };
         Ok(Self {
             shared: Arc::new(Mutex::new(state)),
@@ -418,6 +421,13 @@ impl Storage for SimulatedStorage {
             state.tree.sync_dir(node, None);
             Ok(())
         })
+    }
+
+    fn temporary_file_tag(&self) -> String {
+        // A simulated machine runs one process: its id is 0 and the counter is the machine's.
+        let mut state = self.lock();
+        state.tags += 1;
+        format!("{:08x}-{:08x}", 0, state.tags)
     }
 
     async fn lock_dir(&self, dir: &Path) -> WalResult<DirLock> {
