@@ -321,3 +321,55 @@ fn a_simulated_run_depends_only_on_its_seed() {
     }
     assert_eq!(run(), run());
 }
+
+// Regression (found by the simulation soak): when recovery cut a torn tail, opening sealed the
+// cut at once with a new, zero-filled segment, so on a full disk the log could not be opened
+// at all. Now opening defers the seal to the first write, which fails cleanly (not poisoned)
+// while the disk is full and succeeds once space returns. Proves it over the seeds whose crash
+// tore the tail: the full disk opens with every durable entry, a write fails with ENOSPC, the
+// log is not poisoned, and after space returns it appends, seals, and reopens intact.
+#[tokio::test(flavor = "current_thread")]
+async fn a_full_disk_opens_and_the_cut_is_sealed_when_space_returns() {
+    use std::io::ErrorKind;
+    let mut cuts = 0;
+    for seed in 0..60u64 {
+        let (simulated, storage, mut wal) = five_durable_entries(seed, 700).await;
+        let dir = Path::new("/sim/log");
+        let unsynced: Vec<Entry> = (6..=12)
+            .map(|index| Entry::new(index, 1, Bytes::from(vec![index as u8; 1500])))
+            .collect();
+        wal.append_batch(&unsynced).await.unwrap();
+        drop(wal);
+        simulated.crash();
+        simulated.set_capacity_bytes(Some(simulated.used_bytes()));
+        let mut wal = Wal::open(storage.clone(), config(dir)).await.unwrap();
+        if wal.recovery_report().cut.is_none() {
+            continue;
+        }
+        cuts += 1;
+        let last = wal.last_index();
+        assert!(last >= 5, "seed {seed}: lost durable entries");
+        let next = Entry::new(last + 1, 2, Bytes::from_static(b"after the cut"));
+        let full = wal.append_batch_durable(std::slice::from_ref(&next)).await;
+        let error = full.expect_err("the disk is full");
+        assert_eq!(error.io_kind(), Some(ErrorKind::StorageFull), "seed {seed}");
+        assert!(
+            !wal.is_poisoned(),
+            "seed {seed}: a full disk poisoned the log"
+        );
+        simulated.set_capacity_bytes(None);
+        wal.append_batch_durable(std::slice::from_ref(&next))
+            .await
+            .unwrap();
+        drop(wal);
+        simulated.crash();
+        let wal = Wal::open(storage.clone(), config(dir)).await.unwrap();
+        assert_eq!(wal.last_index(), last + 1, "seed {seed}");
+        assert_eq!(wal.read(last + 1).await.unwrap(), next, "seed {seed}");
+        assert!(
+            wal.recovery_report().cut.is_none(),
+            "seed {seed}: the cut was not sealed"
+        );
+    }
+    assert!(cuts >= 5, "only {cuts} seeds tore the tail");
+}

@@ -64,6 +64,9 @@ pub struct Wal<S: Storage + Clone> {
     /// Files of purged segments kept for reuse (under temporary names), newest last: reusing
     /// one costs a header write instead of zero-filling a new file.
     recycled: Vec<PathBuf>,
+    /// Recovery cut the log and the disk had no room for the segment that seals the cut: the
+    /// next write seals it first (see [`Wal::seal_cut`]).
+    seal_pending: bool,
     /// The directory's lock, held until the log is closed or dropped.
     _lock: DirLock,
 }
@@ -128,6 +131,7 @@ impl<S: Storage + Clone> Wal<S> {
             spare: None,
             read_only,
             recycled: Vec::new(),
+            seal_pending: false,
             _lock: lock,
             config,
         };
@@ -135,12 +139,17 @@ impl<S: Storage + Clone> Wal<S> {
             return Ok(wal);
         }
         if recovered.needs_new_segment {
-            // Seal the cut: a new segment starting at the next index supersedes whatever lies
-            // beyond it, then the segments it supersedes can go.
-            wal.start_segment(wal.next_index, wal.log_start_index)
-                .await?;
-            let superseded = wal.report.segments_removed.clone();
-            wal.remove_files(&superseded).await?;
+            match wal.seal_cut().await {
+                Ok(()) => {}
+                // Opening must not need free space: a full disk defers the seal to the first
+                // write, which then fails cleanly until space returns. Until sealed, the cut
+                // data stays on disk and every recovery cuts it again at the same place.
+                Err(error) if error.io_kind() == Some(std::io::ErrorKind::StorageFull) => {
+                    tracing::warn!(%error, "no space to seal the recovery cut; the first write will");
+                    wal.seal_pending = true;
+                }
+                Err(error) => return Err(error),
+            }
         }
         wal.prepare_spare();
         tracing::info!(
@@ -306,6 +315,7 @@ impl<S: Storage + Clone> Wal<S> {
     async fn write_batch(&mut self, entries: &[Entry], durable: bool) -> WalResult<()> {
         self.check_writable()?;
         self.validate_batch(entries)?;
+        self.prepare_write().await?;
         let mut rest = entries;
         while !rest.is_empty() {
             let fitting = self.entries_fitting(rest);
@@ -486,6 +496,40 @@ impl<S: Storage + Clone> Wal<S> {
         prepare_segment_file(&self.storage, &self.config.dir, size).await
     }
 
+    /// Seals a recovery cut: a new segment starting at the next index supersedes whatever lies
+    /// beyond the cut, then the segments it supersedes are removed.
+    async fn seal_cut(&mut self) -> WalResult<()> {
+        let segment = self
+            .install_next_segment(self.next_index, self.log_start_index)
+            .await?;
+        let previous_id = self.segments.last().map(|last| last.header.segment_id);
+        assert!(previous_id.is_none_or(|previous| previous < segment.header.segment_id));
+        self.segments.push(segment);
+        self.seal_pending = false;
+        self.prepare_spare();
+        let superseded = self.report.segments_removed.clone();
+        self.remove_files(&superseded).await
+    }
+
+    /// Checks that the log takes writes, sealing a pending recovery cut first. A disk still
+    /// full fails the write without poisoning (the seal fails while zero-filling its file, before
+    /// anything in the directory changes), so the log works again once space returns; any other
+    /// failure poisons.
+    async fn prepare_write(&mut self) -> WalResult<()> {
+        self.check_writable()?;
+        if self.seal_pending {
+            tracing::info!("sealing the recovery cut before the first write");
+            match self.seal_cut().await {
+                Ok(()) => {}
+                Err(error) if error.io_kind() == Some(std::io::ErrorKind::StorageFull) => {
+                    return Err(error)
+                }
+                Err(error) => return Err(self.poison.poison(error)),
+            }
+        }
+        Ok(())
+    }
+
     fn reserve_segment_id(&mut self) -> u64 {
         let segment_id = self.next_segment_id;
         self.next_segment_id += 1;
@@ -585,7 +629,7 @@ impl<S: Storage + Clone> Wal<S> {
     /// back. `index` may be `first_index() - 1` (empties the log); a no-op when `index >=
     /// last_index()`.
     pub async fn truncate_after(&mut self, index: u64) -> WalResult<()> {
-        self.check_writable()?;
+        self.prepare_write().await?;
         if index >= self.last_index() {
             return Ok(());
         }
@@ -628,7 +672,7 @@ impl<S: Storage + Clone> Wal<S> {
     /// When `index > last_index() + 1` the log is reset: every entry goes, and the next append
     /// must carry `index` (installing a snapshot on a follower).
     pub async fn purge_before(&mut self, index: u64) -> WalResult<()> {
-        self.check_writable()?;
+        self.prepare_write().await?;
         if index > MAX_LOG_INDEX {
             return Err(WalError::InvalidArgument(format!(
                 "cannot purge before {index}: indexes above {MAX_LOG_INDEX} are not supported"

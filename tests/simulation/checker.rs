@@ -164,6 +164,8 @@ struct Simulation {
     storage: SimulatedStorage,
     model: Model,
     faults: FaultConfig,
+    /// The simulated disk is small enough to fill up.
+    capacity_limited: bool,
     operations_left: usize,
     operation: usize,
     trace: VecDeque<String>,
@@ -190,9 +192,17 @@ impl Simulation {
                 .with_rate(FaultKind::WriteError, 0.005)
                 .with_rate(FaultKind::ShortWrite, 0.005),
         };
+        // One run in eight has a small disk: appends, rotations and truncations meet ENOSPC,
+        // purges free space, and recovery must open a full disk.
+        let capacity_limited = rng.one_in(8);
+        if capacity_limited {
+            let capacity_bytes = rng.between(256 << 10, 1 << 20);
+            storage.set_capacity_bytes(Some(capacity_bytes));
+        }
         Self {
             rng,
             storage,
+            capacity_limited,
             model: Model::new(seed),
             faults,
             operations_left: operations,
@@ -204,8 +214,9 @@ impl Simulation {
         }
     }
 
+    /// True when operations may fail: faults are injected or the disk can fill up.
     fn faults_on(&self) -> bool {
-        self.faults != FaultConfig::none()
+        self.capacity_limited || self.faults != FaultConfig::none()
     }
 
     fn note(&mut self, line: String) {
@@ -336,7 +347,7 @@ impl Simulation {
         } else {
             self.read_only_view(mode).await?
         };
-        let wal = self.open_for_recovery(mode).await?;
+        let (wal, mode) = self.open_for_recovery(mode).await?;
         if wal.recovery_report().cut.is_some() {
             self.summary.cuts += 1;
         }
@@ -395,7 +406,8 @@ impl Simulation {
 
     /// Opens the log after a crash, sometimes with I/O errors injected into recovery itself (a
     /// failed recovery must leave a log that the next one recovers correctly).
-    async fn open_for_recovery(&mut self, mode: RecoveryMode) -> Check<Log> {
+    /// Returns the log and the mode that opened it.
+    async fn open_for_recovery(&mut self, mode: RecoveryMode) -> Check<(Log, RecoveryMode)> {
         if self.faults_on() && self.rng.one_in(3) {
             let recovery_faults = FaultConfig::none()
                 .with_rate(FaultKind::ReadError, 0.05)
@@ -405,7 +417,7 @@ impl Simulation {
             let attempt = Wal::open(self.storage.clone(), self.config(mode)).await;
             self.storage.set_faults(FaultConfig::none()).expect("valid");
             match attempt {
-                Ok(wal) => return Ok(wal),
+                Ok(wal) => return Ok((wal, mode)),
                 Err(WalError::Io { .. }) => {
                     self.note("recovery failed on an injected I/O error".into());
                     self.storage.crash_keeping_everything();
@@ -415,16 +427,15 @@ impl Simulation {
             }
         }
         match Wal::open(self.storage.clone(), self.config(mode)).await {
-            Ok(wal) => Ok(wal),
+            Ok(wal) => Ok((wal, mode)),
             Err(WalError::Corrupt { .. }) if mode == RecoveryMode::AbsoluteConsistency => {
                 // A torn tail is what a crash leaves; AbsoluteConsistency refuses it by design.
                 self.note("AbsoluteConsistency refused the log; reopening tolerantly".into());
-                Wal::open(
-                    self.storage.clone(),
-                    self.config(RecoveryMode::TolerateTailCorruption),
-                )
-                .await
-                .map_err(|error| format!("recovery failed: {error}"))
+                let tolerant = RecoveryMode::TolerateTailCorruption;
+                let wal = Wal::open(self.storage.clone(), self.config(tolerant))
+                    .await
+                    .map_err(|error| format!("recovery failed: {error}"))?;
+                Ok((wal, tolerant))
             }
             Err(error) => Err(format!("recovery failed under {mode:?}: {error}")),
         }

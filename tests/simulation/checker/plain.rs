@@ -141,7 +141,10 @@ impl Simulation {
             matches!(error, WalError::Io { .. } | WalError::Poisoned { .. }),
             "a write failed with an unexpected error: {error}"
         );
-        if let Some(wal) = wal {
+        // Sealing a recovery cut on a full disk fails before anything is written, and the
+        // log stays usable for when space returns; every other write failure poisons.
+        let nothing_written = error.io_kind() == Some(std::io::ErrorKind::StorageFull);
+        if let Some(wal) = wal.filter(|wal| !nothing_written || wal.is_poisoned()) {
             ensure!(
                 wal.is_poisoned(),
                 "a failed write left the log writable: {error}"
