@@ -75,6 +75,7 @@ struct ring_counters {
     _Atomic uint64_t linked_fsyncs_cancelled;
     _Atomic uint64_t sleeps;
     _Atomic uint64_t wakeups_sent;
+    _Atomic uint64_t fsyncs_submitted;
 };
 
 struct buffer_pool {
@@ -370,6 +371,7 @@ void helix_ring_read_stats(const struct helix_ring *ring, struct helix_ring_stat
     out->linked_fsyncs_cancelled = read_counter(&c->linked_fsyncs_cancelled);
     out->sleeps = read_counter(&c->sleeps);
     out->wakeups_sent = read_counter(&c->wakeups_sent);
+    out->fsyncs_submitted = read_counter(&c->fsyncs_submitted);
     out->setup_flags = ring->setup_flags;
     out->registered_buffers = ring->pool.count;
     out->registration_error = ring->pool.registration_error;
@@ -483,6 +485,7 @@ static void queue_fsync(struct helix_ring *ring, struct helix_request *request)
     io_uring_prep_fsync(sqe, request->fd, IORING_FSYNC_DATASYNC);
     set_user_data(sqe, request, TAG_FSYNC);
     request->pending++;
+    bump(&ring->counters.fsyncs_submitted, 1);
 }
 
 /* Queues a write, linked to an fsync when this round writes the last bytes. */

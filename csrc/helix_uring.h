@@ -112,6 +112,8 @@ struct helix_ring_stats {
     uint64_t linked_fsyncs_cancelled;
     uint64_t sleeps;
     uint64_t wakeups_sent;
+    /* fdatasync SQEs queued (linked to a write or alone). */
+    uint64_t fsyncs_submitted;
     /* io_uring_setup flags the ring runs with. */
     uint32_t setup_flags;
     /* Registered buffers in the pool (0 when registration was refused or not asked for). */

@@ -248,9 +248,6 @@ pub const PADDING_INDEX: u64 = 0;
 // lets a commit end on an alignment boundary (direct I/O writes whole pages).
 /// Appends a padding record of `payload_len` zero bytes (its total size is
 /// `record_size(payload_len)`).
-// Recovery already reads padding; only tests write it until a writer pads commits to alignment
-// boundaries (direct I/O).
-#[cfg_attr(not(test), allow(dead_code))]
 pub fn encode_padding(buffer: &mut BytesMut, segment_id: u64, payload_len: usize) {
     let filler = Entry {
         index: PADDING_INDEX,
@@ -258,6 +255,42 @@ pub fn encode_padding(buffer: &mut BytesMut, segment_id: u64, payload_len: usize
         payload: Bytes::from(vec![0u8; payload_len]),
     };
     encode_record(buffer, segment_id, &filler, 0);
+}
+
+/// What follows a commit so that the next one starts on an alignment boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitPadding {
+    /// The commit already ends on a boundary (or the storage demands no alignment).
+    None,
+    /// A padding record with a payload of this many bytes.
+    Record { payload_len: usize },
+    /// This many zero bytes: the gap to the boundary is too short for a record header and the
+    /// segment has no room for one more block, so the segment ends here (zeros after the last
+    /// record are what an unused segment holds anyway).
+    Zeros(usize),
+}
+
+/// The padding after a commit ending at byte `end` (a multiple of 8) of a segment of
+/// `capacity_bytes` (a multiple of `alignment`), for a storage file demanding `alignment`.
+pub fn commit_padding(end: u64, alignment: u64, capacity_bytes: u64) -> CommitPadding {
+    if alignment <= 1 {
+        return CommitPadding::None;
+    }
+    let gap = (alignment - end % alignment) % alignment;
+    let header = RECORD_HEADER_SIZE_BYTES as u64;
+    if gap == 0 {
+        CommitPadding::None
+    } else if gap >= header {
+        CommitPadding::Record {
+            payload_len: (gap - header) as usize,
+        }
+    } else if end + gap + alignment <= capacity_bytes {
+        CommitPadding::Record {
+            payload_len: (gap + alignment - header) as usize,
+        }
+    } else {
+        CommitPadding::Zeros(gap as usize)
+    }
 }
 
 /// The checksum of a record: seeded with the segment id, so records left over from another
@@ -342,6 +375,33 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Proves commit padding ends every commit on an alignment boundary with a padding record of
+    // the exact gap, adds a whole block when the gap is too short for a record header, and
+    // falls back to zeros only at the end of a segment; no padding without an alignment.
+    #[test]
+    fn commit_padding_reaches_the_next_boundary() {
+        let capacity = 64 << 10;
+        assert_eq!(commit_padding(4100, 1, capacity), CommitPadding::None);
+        assert_eq!(commit_padding(8192, 4096, capacity), CommitPadding::None);
+        for end in (4096u64..12288).step_by(8) {
+            let gap = match commit_padding(end, 4096, capacity) {
+                CommitPadding::None => 0,
+                CommitPadding::Record { payload_len } => record_size(payload_len) as u64,
+                CommitPadding::Zeros(_) => panic!("zeros in the middle of a segment at {end}"),
+            };
+            assert_eq!((end + gap) % 4096, 0, "end {end}");
+            assert!(gap < 2 * 4096, "end {end}");
+        }
+        assert_eq!(
+            commit_padding(capacity - 8, 4096, capacity),
+            CommitPadding::Zeros(8)
+        );
+        assert_eq!(
+            commit_padding(capacity - 40, 4096, capacity),
+            CommitPadding::Record { payload_len: 8 }
+        );
+    }
 
     // Proves a header survives an encode/decode round trip and that a flipped byte anywhere in
     // its fields is caught.

@@ -9,6 +9,13 @@ pub const SEGMENT_HEADER_SIZE_BYTES: usize = 4096;
 
 /// Size of a record header in bytes (see docs/FORMAT.md).
 pub const RECORD_HEADER_SIZE_BYTES: usize = 32;
+/// Largest write alignment a storage file may demand (direct I/O writes whole blocks): the
+/// segment header's size, so the first record of a segment starts on a boundary of any
+/// accepted alignment.
+pub const MAX_WRITE_ALIGNMENT_BYTES: usize = SEGMENT_HEADER_SIZE_BYTES;
+/// Largest payload of a padding record: the one that ends a commit on an alignment boundary
+/// is shorter than two alignment units.
+pub const MAX_PADDING_PAYLOAD_BYTES: usize = 2 * MAX_WRITE_ALIGNMENT_BYTES;
 
 /// Records start at multiples of this alignment, so headers never straddle it and a scan for
 /// records after damage only has to look at aligned offsets.
@@ -87,6 +94,9 @@ pub const TRUNCATION_HISTORY: usize = 64;
 pub const HARD_MAX_READ_RANGE_BYTES: usize = 256 << 20;
 
 const _: () = assert!(SEGMENT_HEADER_SIZE_BYTES % RECORD_ALIGNMENT_BYTES == 0);
+const _: () = assert!(MAX_WRITE_ALIGNMENT_BYTES.is_power_of_two());
+// Segment sizes are whole pages, so a segment ends on a boundary of every accepted alignment.
+const _: () = assert!(4096 % MAX_WRITE_ALIGNMENT_BYTES == 0);
 const _: () = assert!(RECORD_HEADER_SIZE_BYTES % RECORD_ALIGNMENT_BYTES == 0);
 const _: () = assert!(DEFAULT_MAX_ENTRY_SIZE_BYTES <= HARD_MAX_ENTRY_SIZE_BYTES);
 // The default segment holds many maximum-size entries.

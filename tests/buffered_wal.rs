@@ -433,7 +433,7 @@ mod cases {
     }
 }
 
-for_each_backend!(crate::cases;
+for_each_log_backend!(crate::cases;
     concurrent_durable_appenders_survive_reopen,
     append_is_buffered_until_flush,
     interval_and_limits_trigger_flushes,

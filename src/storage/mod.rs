@@ -178,6 +178,15 @@ pub trait StorageFile: Send + Sync + Debug + 'static {
         Ok(())
     }
 
+    /// The alignment, in bytes, that every write's offset and length must have: 1 (the
+    /// default) for none. A file opened for direct I/O (`O_DIRECT | O_DSYNC`) demands whole
+    /// blocks; the log then ends every commit on such a boundary with a padding record, so that
+    /// no write ever rewrites a block holding records already durable. At most
+    /// [`MAX_WRITE_ALIGNMENT_BYTES`](crate::constants::MAX_WRITE_ALIGNMENT_BYTES), a power of two.
+    fn write_alignment(&self) -> u64 {
+        1
+    }
+
     /// Writes `data` at `offset` and then syncs, as one operation. Returns `Ok` only after a
     /// successful sync that covers this write. Backends may do both in one step (io_uring links
     /// the write and the fsync).

@@ -6,10 +6,12 @@ use bytes::{Bytes, BytesMut};
 use tokio::task::JoinHandle;
 
 use crate::error::{Poison, WalError, WalResult};
-use crate::format::{encode_record, record_size, Entry, SegmentHeader};
+use crate::format::{
+    commit_padding, encode_padding, encode_record, record_size, CommitPadding, Entry, SegmentHeader,
+};
 use crate::limits::{
-    HARD_MAX_ENTRY_SIZE_BYTES, HARD_MAX_READ_RANGE_BYTES, MAX_LOG_INDEX, RECOVERY_READ_CHUNK_BYTES,
-    RECYCLED_SEGMENTS_KEPT,
+    HARD_MAX_ENTRY_SIZE_BYTES, HARD_MAX_READ_RANGE_BYTES, MAX_LOG_INDEX, MAX_WRITE_ALIGNMENT_BYTES,
+    RECOVERY_READ_CHUNK_BYTES, RECYCLED_SEGMENTS_KEPT,
 };
 use crate::sabotage::{is_on, Sabotage};
 use crate::storage::{DirLock, Storage};
@@ -367,6 +369,19 @@ impl<S: Storage + Clone> Wal<S> {
         for entry in chunk {
             offsets.push((start + buffer.len() as u64) as u32);
             encode_record(&mut buffer, segment_id, entry, self.durable_index);
+        }
+        let alignment = segment.file.write_alignment();
+        assert!(
+            alignment.is_power_of_two() && alignment <= MAX_WRITE_ALIGNMENT_BYTES as u64,
+            "a storage file demands a write alignment of {alignment} bytes"
+        );
+        let end = start + buffer.len() as u64;
+        match commit_padding(end, alignment, segment.header.segment_size_bytes) {
+            CommitPadding::None => {}
+            CommitPadding::Record { payload_len } => {
+                encode_padding(&mut buffer, segment_id, payload_len);
+            }
+            CommitPadding::Zeros(length) => buffer.resize(buffer.len() + length, 0),
         }
         let data: Bytes = buffer.split().freeze();
         self.encode_buffer = buffer;

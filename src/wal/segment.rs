@@ -12,8 +12,9 @@ use crate::format::{
     SegmentHeader, PADDING_INDEX, TEMPORARY_SUFFIX,
 };
 use crate::limits::{
-    MAX_TAIL_VERIFICATION_BYTES, RECORD_ALIGNMENT_BYTES, RECORD_HEADER_SIZE_BYTES,
-    RECOVERY_READ_CHUNK_BYTES, SEGMENT_HEADER_SIZE_BYTES, ZERO_FILL_CHUNK_BYTES,
+    MAX_PADDING_PAYLOAD_BYTES, MAX_TAIL_VERIFICATION_BYTES, RECORD_ALIGNMENT_BYTES,
+    RECORD_HEADER_SIZE_BYTES, RECOVERY_READ_CHUNK_BYTES, SEGMENT_HEADER_SIZE_BYTES,
+    ZERO_FILL_CHUNK_BYTES,
 };
 use crate::sabotage::{is_on, Sabotage};
 use crate::storage::{Storage, StorageFile};
@@ -346,10 +347,16 @@ pub(crate) async fn scan_records(
         }
         let header = RecordHeader::parse(header_bytes);
         let damaged = |reason: String| ScanStop::Damaged { offset, reason };
-        if header.payload_len as usize > limits.max_payload_bytes {
+        // A padding record may be longer than an entry (it spans up to two alignment units).
+        let max_payload_bytes = if header.index == PADDING_INDEX {
+            limits.max_payload_bytes.max(MAX_PADDING_PAYLOAD_BYTES)
+        } else {
+            limits.max_payload_bytes
+        };
+        if header.payload_len as usize > max_payload_bytes {
             scan.stop = damaged(format!(
                 "record claims a {}-byte payload, above max_entry_size_bytes {}",
-                header.payload_len, limits.max_payload_bytes
+                header.payload_len, max_payload_bytes
             ));
             return Ok(scan);
         }

@@ -116,6 +116,9 @@ impl StorageFile for InstrumentedFile {
     fn path(&self) -> &Path {
         self.inner.path()
     }
+    fn write_alignment(&self) -> u64 {
+        self.inner.write_alignment()
+    }
     async fn write_at(&self, offset: u64, data: Bytes) -> WalResult<()> {
         self.count(&self.probe.writes);
         self.inner.write_at(offset, data).await

@@ -13,6 +13,9 @@ use helix_wal::{SimulatedStorage, Storage, TokioStorage};
 /// io_uring.
 pub const REQUIRE_IO_URING_VARIABLE: &str = "HELIX_REQUIRE_IO_URING";
 
+/// Block size of the direct-I/O harnesses.
+pub const DIRECT_IO_BLOCK_BYTES: u64 = 4096;
+
 /// Seed of `Harness::simulated` when `HELIX_SIM_SEED` is not set.
 pub const DEFAULT_SIMULATION_SEED: u64 = 0x5EED_0000_0001;
 
@@ -93,6 +96,17 @@ impl Harness {
         Some((harness, storage))
     }
 
+    /// The io_uring backend in direct I/O mode (`O_DIRECT | O_DSYNC` writes), like
+    /// [`Harness::io_uring`] otherwise.
+    #[cfg(all(target_os = "linux", feature = "io-uring"))]
+    pub fn io_uring_direct() -> Option<Harness> {
+        let config = helix_wal::IoUringConfig {
+            direct_io: true,
+            ..helix_wal::IoUringConfig::default()
+        };
+        Self::io_uring_with(config).map(|(harness, _storage)| harness)
+    }
+
     /// The naive tokio::fs baseline on a fresh temporary directory.
     #[cfg(feature = "baselines")]
     pub fn naive_tokio() -> Harness {
@@ -124,6 +138,28 @@ impl Harness {
         }
     }
 
+    /// SimulatedStorage whose files behave as direct I/O (`O_DIRECT | O_DSYNC`): writes must be
+    /// whole aligned blocks and are durable on return. Otherwise like [`Harness::simulated`].
+    pub fn simulated_direct() -> Harness {
+        let seed = simulation_seed();
+        eprintln!("simulated storage seed: {seed:#x} (replay with HELIX_SIM_SEED={seed:#x})");
+        let config = helix_wal::SimulatedConfig {
+            write_alignment_bytes: DIRECT_IO_BLOCK_BYTES,
+            ..helix_wal::SimulatedConfig::new(seed)
+        };
+        let simulated = SimulatedStorage::with_config(config).expect("a valid configuration");
+        let parent = Path::new("/sim");
+        simulated
+            .create_dir_all_durably(parent)
+            .expect("create the simulated test directory");
+        Harness {
+            storage: Arc::new(simulated.clone()),
+            dir: parent.join("log"),
+            simulated: Some(simulated),
+            _temp: None,
+        }
+    }
+
     /// Simulates a crash: for real-file backends a process crash, where the OS keeps every
     /// completed write (a process crash loses nothing the kernel already has); for the simulated
     /// backend a power loss, which keeps only what was synced and tears the rest at random.
@@ -135,52 +171,66 @@ impl Harness {
     }
 }
 
-/// Instantiates `$case(harness)` tests in a module per backend:
-/// `for_each_backend!(module_name => cases::path; case_a, case_b, ...)`.
+/// One module of `$case(harness)` tests on the backend `$harness` gives: an
+/// `Option<Harness>`, `None` when the backend is refused here (the harness has said so loudly).
 #[macro_export]
-macro_rules! for_each_backend {
-    ($cases:path; $($case:ident),* $(,)?) => {
-        mod tokio_backend {
+macro_rules! backend_module {
+    ($module:ident, $harness:expr, $cases:path; $($case:ident),*) => {
+        mod $module {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     use $cases as cases;
-                    cases::$case($crate::common::Harness::tokio()).await;
-                }
-            )*
-        }
-        mod simulated_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    use $cases as cases;
-                    cases::$case($crate::common::Harness::simulated()).await;
-                }
-            )*
-        }
-        #[cfg(all(target_os = "linux", feature = "io-uring"))]
-        mod io_uring_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    use $cases as cases;
-                    // A refusal of io_uring is reported on stderr by the harness.
-                    let Some(harness) = $crate::common::Harness::io_uring() else {
+                    let Some(harness) = $harness else {
                         return;
                     };
                     cases::$case(harness).await;
                 }
             )*
         }
+    };
+}
+
+/// Instantiates `$case(harness)` tests in a module per backend:
+/// `for_each_backend!(cases::path; case_a, case_b, ...)`.
+#[macro_export]
+macro_rules! for_each_backend {
+    ($cases:path; $($case:ident),* $(,)?) => {
+        $crate::backend_module!(
+            tokio_backend, Some($crate::common::Harness::tokio()), $cases; $($case),*
+        );
+        $crate::backend_module!(
+            simulated_backend, Some($crate::common::Harness::simulated()), $cases; $($case),*
+        );
+        #[cfg(all(target_os = "linux", feature = "io-uring"))]
+        $crate::backend_module!(
+            io_uring_backend, $crate::common::Harness::io_uring(), $cases; $($case),*
+        );
         #[cfg(feature = "baselines")]
-        mod naive_tokio_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    use $cases as cases;
-                    cases::$case($crate::common::Harness::naive_tokio()).await;
-                }
-            )*
-        }
+        $crate::backend_module!(
+            naive_tokio_backend, Some($crate::common::Harness::naive_tokio()), $cases; $($case),*
+        );
+    };
+}
+
+/// Like [`for_each_backend!`], plus the backends whose files use direct I/O (aligned writes
+/// only), for the suites of the log, which must pad its commits on them.
+#[macro_export]
+macro_rules! for_each_log_backend {
+    ($cases:path; $($case:ident),* $(,)?) => {
+        $crate::for_each_backend!($cases; $($case),*);
+        $crate::backend_module!(
+            simulated_direct_backend,
+            Some($crate::common::Harness::simulated_direct()),
+            $cases;
+            $($case),*
+        );
+        #[cfg(all(target_os = "linux", feature = "io-uring"))]
+        $crate::backend_module!(
+            io_uring_direct_backend,
+            $crate::common::Harness::io_uring_direct(),
+            $cases;
+            $($case),*
+        );
     };
 }

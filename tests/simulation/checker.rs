@@ -11,8 +11,8 @@ use std::fmt;
 use std::path::Path;
 
 use helix_wal::{
-    BufferedWal, BufferedWalConfig, Entry, FaultConfig, FaultKind, RecoveryMode, SimulatedStorage,
-    Wal, WalConfig, WalError,
+    BufferedWal, BufferedWalConfig, Entry, FaultConfig, FaultKind, RecoveryMode, SimulatedConfig,
+    SimulatedStorage, Wal, WalConfig, WalError,
 };
 
 use crate::model::{Model, Written};
@@ -25,6 +25,8 @@ use crate::rng::Rng;
 const SEGMENT_SIZE_BYTES: u64 = 64 << 10;
 /// Largest payload the checker appends, and the log's configured maximum.
 const MAX_ENTRY_SIZE_BYTES: usize = 8 << 10;
+/// Block size of the runs with direct-I/O files.
+const DIRECT_IO_BLOCK_BYTES: u64 = 4096;
 /// Most entries in one batch or one burst of concurrent appenders.
 const MAX_BATCH_ENTRIES: u64 = 8;
 /// Operations kept for the failure report.
@@ -84,6 +86,10 @@ pub struct Summary {
     pub process_crashes: u64,
     pub faults_injected: u64,
     pub cuts: u64,
+    /// Runs with direct-I/O files (aligned writes, durable on return).
+    pub direct_io_runs: u64,
+    /// Runs on a disk small enough to fill up.
+    pub small_disk_runs: u64,
     /// The simulated machine's final state (not summed by `add`).
     pub fingerprint: u64,
 }
@@ -97,6 +103,8 @@ impl Summary {
         self.process_crashes += other.process_crashes;
         self.faults_injected += other.faults_injected;
         self.cuts += other.cuts;
+        self.direct_io_runs += other.direct_io_runs;
+        self.small_disk_runs += other.small_disk_runs;
     }
 }
 
@@ -178,7 +186,18 @@ struct Simulation {
 impl Simulation {
     fn new(seed: u64, operations: usize) -> Self {
         let mut rng = Rng::new(seed);
-        let storage = SimulatedStorage::new(seed);
+        // One run in four has direct-I/O files: aligned writes only, durable on return, so the
+        // log pads every commit to a block boundary.
+        let settings = SimulatedConfig {
+            write_alignment_bytes: if rng.one_in(4) {
+                DIRECT_IO_BLOCK_BYTES
+            } else {
+                1
+            },
+            ..SimulatedConfig::new(seed)
+        };
+        let direct_io = settings.write_alignment_bytes > 1;
+        let storage = SimulatedStorage::with_config(settings).expect("a valid configuration");
         storage
             .create_dir_all_durably(Path::new("/sim"))
             .expect("the simulated root is creatable");
@@ -208,7 +227,11 @@ impl Simulation {
             operations_left: operations,
             operation: 0,
             trace: VecDeque::new(),
-            summary: Summary::default(),
+            summary: Summary {
+                direct_io_runs: u64::from(direct_io),
+                small_disk_runs: u64::from(capacity_limited),
+                ..Summary::default()
+            },
             directory_sync_failures: 0,
             print_trace: std::env::var_os("HELIX_SIM_TRACE").is_some(),
         }

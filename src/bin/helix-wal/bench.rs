@@ -68,6 +68,9 @@ pub enum Backend {
     /// IoUringWorkerStorage: one io_uring on a dedicated thread, linked write + fsync (needs the
     /// `io-uring` feature on Linux).
     IoUring,
+    /// The io_uring backend in direct I/O mode: `O_DIRECT | O_DSYNC` writes from aligned
+    /// buffers, durable on completion, no fsync (needs the `io-uring` feature on Linux).
+    IoUringDirect,
 }
 
 impl Backend {
@@ -75,6 +78,7 @@ impl Backend {
         let mut all = vec![Backend::Tokio, Backend::NaiveTokioFs];
         if cfg!(all(target_os = "linux", feature = "io-uring")) {
             all.push(Backend::IoUring);
+            all.push(Backend::IoUringDirect);
         }
         all
     }
@@ -84,6 +88,7 @@ impl Backend {
             Backend::Tokio => "tokio",
             Backend::NaiveTokioFs => "naive-tokio-fs",
             Backend::IoUring => "io-uring",
+            Backend::IoUringDirect => "io-uring-direct",
         }
     }
 
@@ -91,18 +96,25 @@ impl Backend {
         Ok(match self {
             Backend::Tokio => Arc::new(TokioStorage::new()),
             Backend::NaiveTokioFs => Arc::new(NaiveTokioStorage::new()),
-            Backend::IoUring => io_uring_storage()?,
+            Backend::IoUring => io_uring_storage(false)?,
+            Backend::IoUringDirect => io_uring_storage(true)?,
         })
     }
 }
 
 #[cfg(all(target_os = "linux", feature = "io-uring"))]
-fn io_uring_storage() -> Result<Arc<dyn Storage>, Failure> {
-    Ok(Arc::new(helix_wal::IoUringWorkerStorage::try_new()?))
+fn io_uring_storage(direct_io: bool) -> Result<Arc<dyn Storage>, Failure> {
+    let config = helix_wal::IoUringConfig {
+        direct_io,
+        ..helix_wal::IoUringConfig::default()
+    };
+    Ok(Arc::new(helix_wal::IoUringWorkerStorage::with_config(
+        config,
+    )?))
 }
 
 #[cfg(not(all(target_os = "linux", feature = "io-uring")))]
-fn io_uring_storage() -> Result<Arc<dyn Storage>, Failure> {
+fn io_uring_storage(_direct_io: bool) -> Result<Arc<dyn Storage>, Failure> {
     Err(Failure::usage(
         "the io-uring backend is not compiled in: build with --features io-uring (Linux only)",
     ))

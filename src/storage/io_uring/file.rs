@@ -9,6 +9,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use super::aligned::AlignedBuffer;
+use super::config::DIRECT_IO_ALIGNMENT_BYTES;
 use super::shared::{Outcome, Owned, Request};
 use super::sys;
 use super::worker::Worker;
@@ -19,7 +21,12 @@ use crate::storage::StorageFile;
 /// and reused by another file while the kernel uses it), and what poisoning needs.
 #[derive(Debug)]
 pub(crate) struct FileInner {
+    /// The descriptor writes and syncs go through (opened `O_DIRECT | O_DSYNC` in direct I/O
+    /// mode).
     pub(crate) file: File,
+    /// In direct I/O mode, a buffered descriptor for reads (they need no alignment and are
+    /// served by the page cache, which the kernel keeps coherent with direct writes).
+    pub(crate) read_file: Option<File>,
     pub(crate) path: PathBuf,
     pub(crate) poison: Poison,
 }
@@ -27,6 +34,15 @@ pub(crate) struct FileInner {
 impl FileInner {
     pub(crate) fn raw_fd(&self) -> i32 {
         self.file.as_raw_fd()
+    }
+
+    /// The descriptor reads go through.
+    pub(crate) fn read_fd(&self) -> i32 {
+        self.read_file.as_ref().unwrap_or(&self.file).as_raw_fd()
+    }
+
+    fn direct_io(&self) -> bool {
+        self.read_file.is_some()
     }
 }
 
@@ -40,11 +56,19 @@ pub(crate) struct IoUringFile {
 }
 
 impl IoUringFile {
-    pub(crate) fn new(worker: Arc<Worker>, file: File, path: PathBuf) -> IoUringFile {
+    /// A file whose writes go through `file`; `read_file` is the buffered descriptor of a file
+    /// opened for direct I/O, `None` otherwise.
+    pub(crate) fn new(
+        worker: Arc<Worker>,
+        file: File,
+        read_file: Option<File>,
+        path: PathBuf,
+    ) -> IoUringFile {
         IoUringFile {
             worker,
             inner: Arc::new(FileInner {
                 file,
+                read_file,
                 path,
                 poison: Poison::new(),
             }),
@@ -83,13 +107,22 @@ impl IoUringFile {
     }
 
     fn write_request(&self, opcode: u32, offset: u64, data: Bytes) -> Request {
+        // Direct I/O reads the source straight from memory: it must start on a block boundary.
+        let owned = if self.inner.direct_io() {
+            Owned {
+                aligned_data: Some(AlignedBuffer::copy_of(&data)),
+                ..self.owned()
+            }
+        } else {
+            Owned {
+                write_data: Some(data),
+                ..self.owned()
+            }
+        };
         Request {
             opcode,
             offset,
-            owned: Owned {
-                write_data: Some(data),
-                ..self.owned()
-            },
+            owned,
         }
     }
 
@@ -107,6 +140,14 @@ impl IoUringFile {
 impl StorageFile for IoUringFile {
     fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    fn write_alignment(&self) -> u64 {
+        if self.inner.direct_io() {
+            u64::from(DIRECT_IO_ALIGNMENT_BYTES)
+        } else {
+            1
+        }
     }
 
     async fn write_at(&self, offset: u64, data: Bytes) -> WalResult<()> {
@@ -184,6 +225,11 @@ impl StorageFile for IoUringFile {
     async fn write_at_and_sync(&self, offset: u64, data: Bytes) -> WalResult<()> {
         if data.is_empty() {
             return self.sync().await;
+        }
+        if self.inner.direct_io() {
+            // O_DSYNC: the write is durable when it completes; no fsync is needed.
+            let request = self.write_request(sys::HELIX_OP_WRITE, offset, data);
+            return self.mutate("write (O_DSYNC)", request).await;
         }
         let request = self.write_request(sys::HELIX_OP_WRITE_FSYNC, offset, data);
         self.mutate("write+fsync", request).await

@@ -28,6 +28,7 @@ use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use tokio::sync::Semaphore;
 
+use super::aligned::AlignedBuffer;
 use super::file::FileInner;
 use super::ring::Ring;
 use super::sys;
@@ -50,6 +51,8 @@ pub(crate) const SHUTDOWN_WHAT: &str = "io_uring storage";
 pub(crate) struct Owned {
     /// The data of a write.
     pub(crate) write_data: Option<Bytes>,
+    /// The data of a direct I/O write, copied to block-aligned memory.
+    pub(crate) aligned_data: Option<AlignedBuffer>,
     /// The destination of a read.
     pub(crate) read_buffer: Vec<u8>,
     /// The file: keeps the descriptor open (never reused by another file) while in flight.
@@ -65,6 +68,8 @@ pub(crate) struct Request {
 
 /// A finished request.
 pub(crate) struct Outcome {
+    /// The request's opcode.
+    pub(crate) opcode: u32,
     /// 0 or a negative errno.
     pub(crate) result: i32,
     /// Bytes transferred.
@@ -205,16 +210,25 @@ impl Shared {
         // is pushed to the queue.
         let (raw, owned) = unsafe { (&mut *slot.request.get(), &mut *slot.owned.get()) };
         *owned = request.owned;
-        let (buf, len) = match (&owned.write_data, request.opcode) {
-            (Some(data), _) => (data.as_ptr().cast_mut(), data.len()),
-            (None, sys::HELIX_OP_READ) => (owned.read_buffer.as_mut_ptr(), owned.read_buffer.len()),
-            (None, _) => (std::ptr::null_mut(), 0),
+        let (buf, len) = match (&owned.write_data, &owned.aligned_data, request.opcode) {
+            (Some(data), _, _) => (data.as_ptr().cast_mut(), data.len()),
+            (None, Some(aligned), _) => (aligned.as_ptr(), aligned.len()),
+            (None, None, sys::HELIX_OP_READ) => {
+                (owned.read_buffer.as_mut_ptr(), owned.read_buffer.len())
+            }
+            (None, None, _) => (std::ptr::null_mut(), 0),
         };
         raw.opcode = request.opcode;
         raw.offset = request.offset;
         raw.buf = buf;
         raw.len = len as u64;
-        raw.fd = owned.file.as_ref().map_or(-1, |file| file.raw_fd());
+        raw.fd = owned.file.as_ref().map_or(-1, |file| {
+            if request.opcode == sys::HELIX_OP_READ {
+                file.read_fd()
+            } else {
+                file.raw_fd()
+            }
+        });
         raw.result = 0;
         raw.done = 0;
     }
@@ -250,6 +264,7 @@ impl Shared {
         // thread, or never queued), so nobody else touches it.
         let (raw, owned) = unsafe { (&mut *slot.request.get(), &mut *slot.owned.get()) };
         let outcome = Outcome {
+            opcode: raw.opcode,
             result: raw.result,
             done: raw.done,
             owned: std::mem::take(owned),
@@ -349,14 +364,16 @@ impl Shared {
     }
 }
 
-/// A write whose future was dropped still poisons its file when it fails.
+/// A write or fsync whose future was dropped still poisons its file when it fails.
 fn poison_if_failed_write(outcome: &Outcome) {
-    if outcome.result >= 0 || outcome.owned.write_data.is_none() {
+    // A failed write or fsync poisons, whether or not anybody waits for it (fsyncgate: the
+    // dirty data may be gone).
+    if outcome.result >= 0 || outcome.opcode == sys::HELIX_OP_READ {
         return;
     }
     if let Some(file) = &outcome.owned.file {
         let error = WalError::io(
-            "write",
+            "write or fsync",
             &file.path,
             std::io::Error::from_raw_os_error(-outcome.result),
         );

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use crate::error::{WalError, WalResult};
+use crate::limits::MAX_WRITE_ALIGNMENT_BYTES;
 
 /// A kind of fault the simulator can inject. Each has a rate in [`FaultConfig`] and can be
 /// injected once (or N times) with [`OneShotFault`].
@@ -242,6 +243,12 @@ pub struct SimulatedConfig {
     pub poison_files: bool,
     /// Fault rates. Default: none.
     pub faults: FaultConfig,
+    /// 1 (the default): files behave as buffered files. A power of two up to
+    /// [`MAX_WRITE_ALIGNMENT_BYTES`](crate::constants::MAX_WRITE_ALIGNMENT_BYTES): files behave
+    /// as opened with `O_DIRECT | O_DSYNC`: a write whose offset or length is not a multiple of
+    /// it fails with EINVAL, and a successful write is durable when it returns (with what was
+    /// written before it).
+    pub write_alignment_bytes: u64,
 }
 
 impl SimulatedConfig {
@@ -252,11 +259,21 @@ impl SimulatedConfig {
             capacity_bytes: None,
             poison_files: true,
             faults: FaultConfig::none(),
+            write_alignment_bytes: 1,
         }
     }
 
     /// Checks every field.
     pub fn validate(&self) -> WalResult<()> {
+        let alignment = self.write_alignment_bytes;
+        if !alignment.is_power_of_two() || alignment > MAX_WRITE_ALIGNMENT_BYTES as u64 {
+            return Err(WalError::InvalidConfig {
+                field: "write_alignment_bytes",
+                reason: format!(
+                    "is {alignment}, must be a power of two up to {MAX_WRITE_ALIGNMENT_BYTES}"
+                ),
+            });
+        }
         self.faults.validate()
     }
 }

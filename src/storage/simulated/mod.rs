@@ -73,6 +73,8 @@ struct State {
     locks: std::collections::HashMap<PathBuf, u64>,
     /// Temporary file tags handed out, so names depend on the run, not on the process.
     tags: u64,
+    /// Write alignment of direct I/O files, or 1 (see [`SimulatedConfig`]).
+    write_alignment_bytes: u64,
 }
 
 impl State {
@@ -151,6 +153,7 @@ impl SimulatedStorage {
             tree: Tree::new(),
             locks: std::collections::HashMap::new(),
             tags: 0,
+            write_alignment_bytes: config.write_alignment_bytes,
         };
         Ok(Self {
             shared: Arc::new(Mutex::new(state)),
@@ -507,6 +510,13 @@ impl SimulatedFile {
             .checked_add(length)
             .filter(|end| *end <= SIMULATED_MAX_FILE_SIZE_BYTES)
             .ok_or_else(errors::file_too_large)?;
+        let alignment = state.write_alignment_bytes;
+        if offset % alignment != 0 || length % alignment != 0 {
+            // As O_DIRECT does: a misaligned write is refused before anything is written.
+            return Err(errors::invalid_input(
+                "direct I/O write not aligned to the block size",
+            ));
+        }
         let current = state.file(self.node).volatile.len() as u64;
         if state.inject(FaultKind::WriteError, &self.path) {
             return Err(errors::input_output());
@@ -537,7 +547,12 @@ impl SimulatedFile {
                 .write(offset, data.slice(..applied as usize));
             return Err(errors::input_output());
         }
+        let direct = state.write_alignment_bytes > 1;
         state.file(self.node).write(offset, data);
+        if direct {
+            // O_DSYNC: durable on return, and so is what was written before.
+            state.file(self.node).sync();
+        }
         Ok(())
     }
 
@@ -565,6 +580,10 @@ impl StorageFile for SimulatedFile {
 
     async fn write_at(&self, offset: u64, data: Bytes) -> WalResult<()> {
         self.mutate("write", |state| self.write_locked(state, offset, data))
+    }
+
+    fn write_alignment(&self) -> u64 {
+        self.storage.lock().write_alignment_bytes
     }
 
     async fn evict_cache(&self) -> WalResult<()> {
