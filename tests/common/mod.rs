@@ -122,31 +122,22 @@ impl Harness {
     /// SimulatedStorage seeded by [`simulation_seed`]. Like a fresh temporary directory, the
     /// parent of `dir` exists durably; `dir` itself does not exist yet.
     pub fn simulated() -> Harness {
-        let seed = simulation_seed();
-        // Printed so that a failing run names its seed (cargo shows output of failed tests).
-        eprintln!("simulated storage seed: {seed:#x} (replay with HELIX_SIM_SEED={seed:#x})");
-        let simulated = SimulatedStorage::new(seed);
-        let parent = Path::new("/sim");
-        simulated
-            .create_dir_all_durably(parent)
-            .expect("create the simulated test directory");
-        Harness {
-            storage: Arc::new(simulated.clone()),
-            dir: parent.join("log"),
-            simulated: Some(simulated),
-            _temp: None,
-        }
+        Self::simulated_with(helix_wal::SimulatedConfig::new(simulation_seed()))
     }
 
     /// SimulatedStorage whose files behave as direct I/O (`O_DIRECT | O_DSYNC`): writes must be
     /// whole aligned blocks and are durable on return. Otherwise like [`Harness::simulated`].
     pub fn simulated_direct() -> Harness {
-        let seed = simulation_seed();
-        eprintln!("simulated storage seed: {seed:#x} (replay with HELIX_SIM_SEED={seed:#x})");
-        let config = helix_wal::SimulatedConfig {
+        Self::simulated_with(helix_wal::SimulatedConfig {
             write_alignment_bytes: DIRECT_IO_BLOCK_BYTES,
-            ..helix_wal::SimulatedConfig::new(seed)
-        };
+            ..helix_wal::SimulatedConfig::new(simulation_seed())
+        })
+    }
+
+    fn simulated_with(config: helix_wal::SimulatedConfig) -> Harness {
+        let seed = config.seed;
+        // Printed so that a failing run names its seed (cargo shows output of failed tests).
+        eprintln!("simulated storage seed: {seed:#x} (replay with HELIX_SIM_SEED={seed:#x})");
         let simulated = SimulatedStorage::with_config(config).expect("a valid configuration");
         let parent = Path::new("/sim");
         simulated
