@@ -26,6 +26,15 @@ const IDLE_WAIT_LIMIT: Duration = Duration::from_secs(60);
 /// A page, the granularity of the short-write test hook.
 const PAGE_BYTES: usize = 4096;
 
+/// The default configuration with buffered writes (and linked fsyncs) instead of direct I/O:
+/// most tests here write at arbitrary offsets, which direct I/O refuses.
+fn buffered() -> IoUringConfig {
+    IoUringConfig {
+        direct_io: false,
+        ..IoUringConfig::default()
+    }
+}
+
 fn harness_with(config: IoUringConfig) -> Option<(Harness, IoUringWorkerStorage)> {
     Harness::io_uring_with(config)
 }
@@ -75,7 +84,7 @@ impl Drop for DropFlag {
 // SQEs, io_uring_enter calls and registered-buffer hits grow with the operations.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_go_through_the_ring() {
-    let Some((harness, storage)) = harness_with(IoUringConfig::default()) else {
+    let Some((harness, storage)) = harness_with(buffered()) else {
         return;
     };
     harness.storage.create_dir_all(&harness.dir).await.unwrap();
@@ -114,7 +123,7 @@ async fn batches_never_exceed_max_batch() {
     let config = IoUringConfig {
         max_batch: 4,
         gather_window_us: 2_000,
-        ..IoUringConfig::default()
+        ..buffered()
     };
     let Some((harness, storage)) = harness_with(config) else {
         return;
@@ -149,7 +158,7 @@ async fn a_lone_request_is_submitted_when_the_window_ends() {
     let config = IoUringConfig {
         max_batch: 64,
         gather_window_us: 2_000,
-        ..IoUringConfig::default()
+        ..buffered()
     };
     let Some((harness, storage)) = harness_with(config) else {
         return;
@@ -178,7 +187,7 @@ async fn linked_pair_recovers_from_a_short_write() {
     // No registered buffers: the hook works on either path, this keeps the case simple.
     let config = IoUringConfig {
         registered_buffer_count: 0,
-        ..IoUringConfig::default()
+        ..buffered()
     };
     let Some((harness, storage)) = harness_with(config) else {
         return;
@@ -210,7 +219,7 @@ async fn linked_pair_recovers_from_a_short_write() {
 // Proves a plain write continues after a genuine short write (same hook, no fsync involved).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_continues_after_a_short_write() {
-    let Some((harness, storage)) = harness_with(IoUringConfig::default()) else {
+    let Some((harness, storage)) = harness_with(buffered()) else {
         return;
     };
     harness.storage.create_dir_all(&harness.dir).await.unwrap();
@@ -227,7 +236,7 @@ async fn write_continues_after_a_short_write() {
 // allocated and filled meanwhile), the buffer is freed afterwards, and the ring keeps working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_future_mid_write_keeps_its_buffer_alive() {
-    let Some((harness, storage)) = harness_with(IoUringConfig::default()) else {
+    let Some((harness, storage)) = harness_with(buffered()) else {
         return;
     };
     harness.storage.create_dir_all(&harness.dir).await.unwrap();
@@ -267,7 +276,7 @@ async fn dropping_a_future_mid_write_keeps_its_buffer_alive() {
 // Poisoned while reads keep working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_write_poisons_even_when_its_future_is_dropped() {
-    let Some((harness, storage)) = harness_with(IoUringConfig::default()) else {
+    let Some((harness, storage)) = harness_with(buffered()) else {
         return;
     };
     harness.storage.create_dir_all(&harness.dir).await.unwrap();
@@ -291,7 +300,7 @@ async fn a_failed_write_poisons_even_when_its_future_is_dropped() {
 // none hangs, and every later call fails with Shutdown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_in_flight_operations() {
-    let Some((harness, storage)) = harness_with(IoUringConfig::default()) else {
+    let Some((harness, storage)) = harness_with(buffered()) else {
         return;
     };
     harness.storage.create_dir_all(&harness.dir).await.unwrap();
@@ -349,7 +358,7 @@ async fn a_tiny_ring_makes_callers_wait() {
     let config = IoUringConfig {
         sq_entries: 2,
         max_batch: 1,
-        ..IoUringConfig::default()
+        ..buffered()
     };
     let Some((harness, storage)) = harness_with(config) else {
         return;
@@ -395,7 +404,7 @@ async fn many_tasks_on_many_files_get_their_own_completions() {
     let config = IoUringConfig {
         registered_buffer_count: 8,
         registered_buffer_bytes: 16 << 10,
-        ..IoUringConfig::default()
+        ..buffered()
     };
     let Some((harness, storage)) = harness_with(config) else {
         return;
@@ -448,7 +457,7 @@ async fn many_tasks_on_many_files_get_their_own_completions() {
 // when io_uring is not preferred.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_factory_reports_its_choice() {
-    if harness_with(IoUringConfig::default()).is_none() {
+    if harness_with(buffered()).is_none() {
         return;
     }
     let choice = create_storage_with(&StorageOptions::default());
@@ -468,7 +477,7 @@ async fn the_factory_reports_its_choice() {
 async fn an_invalid_configuration_falls_back_with_a_reason() {
     let config = IoUringConfig {
         sq_entries: 3,
-        ..IoUringConfig::default()
+        ..buffered()
     };
     match IoUringWorkerStorage::with_config(config.clone()) {
         Err(WalError::InvalidConfig { field, .. }) => assert_eq!(field, "sq_entries"),
@@ -490,7 +499,7 @@ async fn an_invalid_configuration_falls_back_with_a_reason() {
 async fn sqpoll_is_used_or_falls_back() {
     let config = IoUringConfig {
         sqpoll_idle_ms: 50,
-        ..IoUringConfig::default()
+        ..buffered()
     };
     let Some((harness, storage)) = harness_with(config) else {
         return;
@@ -519,7 +528,7 @@ async fn sqpoll_is_used_or_falls_back() {
 async fn works_without_registered_buffers() {
     let config = IoUringConfig {
         registered_buffer_count: 0,
-        ..IoUringConfig::default()
+        ..buffered()
     };
     let Some((harness, storage)) = harness_with(config) else {
         return;
@@ -543,10 +552,8 @@ async fn works_without_registered_buffers() {
 // (O_DSYNC makes the write itself durable) and reads back through the buffered descriptor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_io_writes_whole_blocks_without_fsync() {
-    let config = IoUringConfig {
-        direct_io: true,
-        ..IoUringConfig::default()
-    };
+    let config = IoUringConfig::default();
+    assert!(config.direct_io, "direct I/O is the default");
     let Some((harness, storage)) = harness_with(config) else {
         return;
     };
@@ -579,4 +586,36 @@ async fn direct_io_writes_whole_blocks_without_fsync() {
     }
     let stats = storage.stats();
     assert!(stats.registered_buffer_hits >= 1 && stats.registered_buffer_misses >= 1);
+}
+
+// Proves the fallback when a filesystem refuses O_DIRECT: files opened then are buffered (no
+// alignment demanded, durable writes by a linked fsync), and a log on them works and reopens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filesystem_refusing_direct_io_gets_buffered_files() {
+    use helix_wal::{Entry, Wal, WalConfig};
+    let Some((harness, storage)) = harness_with(IoUringConfig::default()) else {
+        return;
+    };
+    storage.refuse_direct_io_for_testing();
+    harness.storage.create_dir_all(&harness.dir).await.unwrap();
+    let file = harness.storage.open(&harness.dir.join("a")).await.unwrap();
+    assert_eq!(file.write_alignment(), 1);
+    let before = storage.stats().fsyncs_submitted;
+    file.write_at_and_sync(3, Bytes::from_static(b"unaligned"))
+        .await
+        .unwrap();
+    assert_eq!(storage.stats().fsyncs_submitted, before + 1);
+    let config = WalConfig::new(harness.dir.join("log"))
+        .segment_size_bytes(64 << 10)
+        .max_entry_size_bytes(1024);
+    let mut wal = Wal::open(harness.storage.clone(), config.clone())
+        .await
+        .unwrap();
+    wal.append_batch_durable(&[Entry::new(1, 1, Bytes::from_static(b"one"))])
+        .await
+        .unwrap();
+    wal.close().await.unwrap();
+    drop(wal);
+    let wal = Wal::open(harness.storage.clone(), config).await.unwrap();
+    assert_eq!(&wal.read(1).await.unwrap().payload[..], b"one");
 }

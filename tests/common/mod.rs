@@ -58,13 +58,18 @@ impl Harness {
         }
     }
 
-    /// The io_uring backend (default configuration) on a fresh temporary directory, or `None`
+    /// The io_uring backend with buffered writes (linked write + fsync; the default
+    /// configuration otherwise) on a fresh temporary directory, or `None`
     /// after saying loudly on stderr that the test is skipped because this machine refuses
     /// io_uring. With `HELIX_REQUIRE_IO_URING=1` in the environment a refusal fails the test
     /// instead, so CI on a machine known to support io_uring can never pass by skipping.
     #[cfg(all(target_os = "linux", feature = "io-uring"))]
     pub fn io_uring() -> Option<Harness> {
-        Self::io_uring_with(helix_wal::IoUringConfig::default()).map(|(harness, _storage)| harness)
+        let buffered = helix_wal::IoUringConfig {
+            direct_io: false,
+            ..helix_wal::IoUringConfig::default()
+        };
+        Self::io_uring_with(buffered).map(|(harness, _storage)| harness)
     }
 
     /// Like [`Harness::io_uring`] with a configuration; also returns the concrete backend (for
@@ -96,15 +101,11 @@ impl Harness {
         Some((harness, storage))
     }
 
-    /// The io_uring backend in direct I/O mode (`O_DIRECT | O_DSYNC` writes), like
-    /// [`Harness::io_uring`] otherwise.
+    /// The io_uring backend in its default configuration: direct I/O (`O_DIRECT | O_DSYNC`
+    /// writes), like [`Harness::io_uring`] otherwise.
     #[cfg(all(target_os = "linux", feature = "io-uring"))]
     pub fn io_uring_direct() -> Option<Harness> {
-        let config = helix_wal::IoUringConfig {
-            direct_io: true,
-            ..helix_wal::IoUringConfig::default()
-        };
-        Self::io_uring_with(config).map(|(harness, _storage)| harness)
+        Self::io_uring_with(helix_wal::IoUringConfig::default()).map(|(harness, _storage)| harness)
     }
 
     /// The naive tokio::fs baseline on a fresh temporary directory.

@@ -21,6 +21,7 @@ mod worker;
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -59,6 +60,10 @@ pub struct IoUringWorkerStorage {
     metadata: TokioStorage,
     /// Files are opened for direct I/O ([`IoUringConfig::direct_io`]).
     direct_io: bool,
+    /// Set once a filesystem refused `O_DIRECT` (the fallback is logged once).
+    direct_io_refused: Arc<AtomicBool>,
+    /// Test hook: open files as if the filesystem refused `O_DIRECT`.
+    refuse_direct_io: Arc<AtomicBool>,
 }
 
 /// A snapshot of the backend's counters ([`IoUringWorkerStorage::stats`]).
@@ -154,6 +159,8 @@ impl IoUringWorkerStorage {
             worker: Arc::new(worker),
             metadata: TokioStorage::new(),
             direct_io: config.direct_io,
+            direct_io_refused: Arc::new(AtomicBool::new(false)),
+            refuse_direct_io: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -180,6 +187,13 @@ impl IoUringWorkerStorage {
     #[doc(hidden)]
     pub fn inject_short_write_for_testing(&self) {
         self.worker.shared.ring.arm_short_write(true);
+    }
+
+    /// Test hook: files opened from now on are treated as on a filesystem that refuses
+    /// `O_DIRECT` (EINVAL), so they fall back to buffered writes. Not for production use.
+    #[doc(hidden)]
+    pub fn refuse_direct_io_for_testing(&self) {
+        self.refuse_direct_io.store(true, Ordering::Relaxed);
     }
 
     fn check_open(&self) -> WalResult<()> {
@@ -219,28 +233,44 @@ fn open_file(path: &Path, flags: i32) -> io::Result<std::fs::File> {
     Ok(file)
 }
 
-/// The descriptors of one file: the one writes go through and, in direct I/O mode, a buffered
-/// one for reads.
+/// Whether files are opened for direct I/O.
+#[derive(Debug, Clone, Copy)]
+enum DirectIo {
+    Off,
+    On,
+    /// As `On`, but the filesystem is taken to refuse `O_DIRECT` (test hook).
+    RefusedForTesting,
+}
+
+/// The descriptors of one file: the one writes go through and, when it was opened for direct
+/// I/O, a buffered one for reads. A filesystem that refuses `O_DIRECT` (EINVAL) gets a buffered
+/// file instead, and `refused` records it so the fallback is logged once.
 fn open_descriptors(
     path: &Path,
-    direct_io: bool,
+    direct_io: DirectIo,
+    refused: &AtomicBool,
 ) -> io::Result<(std::fs::File, Option<std::fs::File>)> {
-    if !direct_io {
-        return Ok((open_file(path, 0)?, None));
-    }
-    let reads = open_file(path, 0)?;
-    let writes = open_file(path, libc::O_DIRECT | libc::O_DSYNC).map_err(|error| {
-        if error.raw_os_error() == Some(libc::EINVAL) {
-            io::Error::new(
-                io::ErrorKind::Unsupported,
-                "the filesystem refuses O_DIRECT; set IoUringConfig::direct_io to false or \
-                 put the log on a filesystem that supports direct I/O (ext4, xfs)",
-            )
-        } else {
-            error
+    let buffered = open_file(path, 0)?;
+    let direct = match direct_io {
+        DirectIo::Off => return Ok((buffered, None)),
+        DirectIo::On => open_file(path, libc::O_DIRECT | libc::O_DSYNC),
+        DirectIo::RefusedForTesting => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    };
+    match direct {
+        Ok(direct) => Ok((direct, Some(buffered))),
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+            if !refused.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    path = %path.display(),
+                    "the filesystem refuses O_DIRECT: files there use buffered writes with a \
+                     linked fsync (slower durable appends); put the log on ext4 or xfs for \
+                     direct I/O"
+                );
+            }
+            Ok((buffered, None))
         }
-    })?;
-    Ok((writes, Some(reads)))
+        Err(error) => Err(error),
+    }
 }
 
 #[async_trait]
@@ -252,8 +282,17 @@ impl Storage for IoUringWorkerStorage {
     async fn open(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
         self.check_open()?;
         let owned = path.to_path_buf();
-        let direct_io = self.direct_io;
-        let opened = tokio::task::spawn_blocking(move || open_descriptors(&owned, direct_io));
+        let direct_io = match (
+            self.direct_io,
+            self.refuse_direct_io.load(Ordering::Relaxed),
+        ) {
+            (false, _) => DirectIo::Off,
+            (true, false) => DirectIo::On,
+            (true, true) => DirectIo::RefusedForTesting,
+        };
+        let refused = Arc::clone(&self.direct_io_refused);
+        let opened =
+            tokio::task::spawn_blocking(move || open_descriptors(&owned, direct_io, &refused));
         let (file, read_file) = match opened.await {
             Ok(result) => result,
             Err(join_error) => Err(io::Error::other(format!(
