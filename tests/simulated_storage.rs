@@ -729,3 +729,49 @@ async fn same_seed_same_outcome() {
     assert_ne!(first.1, other.1, "seeds 42 and 43 ended in the same state");
     assert_ne!(first.0, other.0);
 }
+
+// Proves the model of direct-I/O files: the file reports its alignment, a write whose offset or
+// length is not a multiple of it is refused with InvalidInput before anything is written, and an
+// aligned write survives every power loss without a sync (O_DSYNC), across 300 seeds; an
+// invalid alignment is refused at construction.
+#[tokio::test]
+async fn direct_io_files_take_aligned_writes_durable_on_return() {
+    let bad = SimulatedConfig {
+        write_alignment_bytes: 3000,
+        ..SimulatedConfig::new(1)
+    };
+    assert!(SimulatedStorage::with_config(bad).is_err());
+    for seed in 0..SEEDS {
+        let config = SimulatedConfig {
+            write_alignment_bytes: 4096,
+            ..SimulatedConfig::new(seed)
+        };
+        let storage = SimulatedStorage::with_config(config).unwrap();
+        storage.create_dir_all_durably(&dir()).unwrap();
+        let path = dir().join("direct");
+        storage.open(&path).await.unwrap();
+        storage.sync_dir(&dir()).await.unwrap();
+        for (offset, length) in [(100u64, 4096usize), (0, 100)] {
+            // A refused write poisons its handle, as any failed write does: one handle each.
+            let file = storage.open(&path).await.unwrap();
+            assert_eq!(file.write_alignment(), 4096);
+            let refused = file.write_at(offset, Bytes::from(vec![1u8; length])).await;
+            let kind = refused.unwrap_err().io_kind();
+            assert_eq!(kind, Some(io::ErrorKind::InvalidInput), "seed {seed}");
+        }
+        let file = storage.open(&path).await.unwrap();
+        file.write_at(4096, Bytes::from(vec![7u8; 8192]))
+            .await
+            .unwrap();
+        drop(file);
+        storage.crash();
+        let file = storage.open(&path).await.unwrap();
+        let mut expected = vec![0u8; 4096];
+        expected.extend(vec![7u8; 8192]);
+        assert_eq!(
+            file.read_at(0, 1 << 20).await.unwrap(),
+            expected,
+            "seed {seed}"
+        );
+    }
+}
