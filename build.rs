@@ -20,10 +20,11 @@ mod uring {
 
     /// The file that records the pinned liburing version.
     const PIN_FILE: &str = "vendor/liburing.toml";
-    /// The shim's sources and its one header, the only input of bindgen.
+    /// The shim's sources and headers (the only input of bindgen): the ring, and the raw
+    /// durable-write loops the benchmark measures the log against.
     const SHIM_DIR: &str = "csrc";
-    const SHIM_SOURCE: &str = "csrc/helix_uring.c";
-    const SHIM_HEADER: &str = "csrc/helix_uring.h";
+    const SHIM_SOURCES: [&str; 2] = ["csrc/helix_uring.c", "csrc/helix_floor.c"];
+    const SHIM_HEADERS: [&str; 2] = ["csrc/helix_uring.h", "csrc/helix_floor.h"];
 
     pub fn build() {
         println!("cargo:rerun-if-changed={SHIM_DIR}");
@@ -90,7 +91,7 @@ mod uring {
     /// its own code is not held to our warning flags.
     fn compile_shim(include: &Path) {
         cc::Build::new()
-            .file(SHIM_SOURCE)
+            .files(SHIM_SOURCES)
             .include(SHIM_DIR)
             .flag("-isystem")
             .flag(
@@ -109,8 +110,11 @@ mod uring {
     /// Bindings for our own header only, restricted to the shim's names.
     fn generate_bindings() {
         let out = PathBuf::from(env::var_os("OUT_DIR").unwrap_or_else(|| fail("OUT_DIR unset")));
-        let bindings = bindgen::Builder::default()
-            .header(SHIM_HEADER)
+        let bindings = SHIM_HEADERS
+            .iter()
+            .fold(bindgen::Builder::default(), |builder, header| {
+                builder.header(*header)
+            })
             .allowlist_function("helix_.*")
             .allowlist_type("helix_.*")
             .allowlist_var("HELIX_.*")
@@ -121,7 +125,7 @@ mod uring {
             .generate()
             .unwrap_or_else(|error| {
                 fail(&format!(
-                    "bindgen failed on {SHIM_HEADER}: {error}; bindgen needs libclang \
+                    "bindgen failed on {SHIM_HEADERS:?}: {error}; bindgen needs libclang \
                      (run scripts/install-build-deps.sh)"
                 ))
             });

@@ -33,7 +33,10 @@ pub use storage::{
     StorageFile, StorageOptions, TokioStorage,
 };
 #[cfg(all(target_os = "linux", feature = "io-uring"))]
-pub use storage::{io_uring_limits, IoUringConfig, IoUringStats, IoUringWorkerStorage};
+pub use storage::{
+    io_uring_limits, run_c_floor, CFloorMode, CFloorRun, IoUringConfig, IoUringStats,
+    IoUringWorkerStorage,
+};
 pub use wal::config::{RecoveryMode, WalConfig};
 pub use wal::recovery::{RecoveryCut, RecoveryReport};
 pub use wal::{BufferedWal, BufferedWalConfig, SegmentInfo, Wal};

@@ -43,8 +43,10 @@ fn make_log(dir: &Path, count: u64) -> Vec<PathBuf> {
     })
 }
 
-// Proves `bench` runs every workload on every backend with a tiny duration, exits 0 and prints
-// machine-readable JSON with a figure and ratios for each pair.
+// Proves `bench` runs every workload on every backend (and the C-level floors on
+// single-durable) with a tiny duration, exits 0 and prints machine-readable JSON with a figure
+// and ratios for each pair. This is the CI smoke run of the comparison: it fails on errors,
+// never on timing.
 #[test]
 fn bench_runs_and_prints_json() {
     let temporary = tempfile::tempdir().unwrap();
@@ -87,6 +89,33 @@ fn bench_runs_and_prints_json() {
             );
             assert!(row["ratio_to_tokio"].as_f64().is_some(), "{row}");
         }
+    }
+    // With io_uring compiled in, both of its modes run, and the C-level floors run the
+    // single-durable workload (the CI smoke run of every backend).
+    if cfg!(all(target_os = "linux", feature = "io-uring")) {
+        let backends: Vec<&str> = figures
+            .iter()
+            .filter(|f| f["workload"] == "single-durable")
+            .filter_map(|f| f["backend"].as_str())
+            .collect();
+        for expected in [
+            "io-uring",
+            "io-uring-buffered",
+            "c-pwrite",
+            "c-uring",
+            "c-pwrite-direct",
+            "c-uring-direct",
+        ] {
+            assert!(
+                backends.contains(&expected),
+                "{expected} missing: {backends:?}"
+            );
+        }
+        let floor = figures
+            .iter()
+            .find(|f| f["workload"] == "single-durable" && f["backend"] == "tokio")
+            .unwrap();
+        assert!(floor["ratio_to_floor"].as_f64().is_some(), "{floor}");
     }
 }
 

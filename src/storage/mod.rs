@@ -44,7 +44,10 @@ mod simulated;
 mod tokio_storage;
 
 #[cfg(all(target_os = "linux", feature = "io-uring"))]
-pub use io_uring::{limits as io_uring_limits, IoUringConfig, IoUringStats, IoUringWorkerStorage};
+pub use io_uring::{
+    limits as io_uring_limits, run_c_floor, CFloorMode, CFloorRun, IoUringConfig, IoUringStats,
+    IoUringWorkerStorage,
+};
 #[cfg(feature = "baselines")]
 pub use naive_tokio::NaiveTokioStorage;
 pub use simulated::{

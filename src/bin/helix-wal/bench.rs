@@ -18,6 +18,8 @@ use serde::Serialize;
 
 use crate::Failure;
 
+mod floor;
+
 /// Options of `helix-wal bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -71,6 +73,18 @@ pub enum Backend {
     IoUring,
     /// The io_uring backend with buffered writes: a linked write + fdatasync per durable write.
     IoUringBuffered,
+    /// C-level floor (single-durable only): `pwrite` + `fdatasync` of the bytes the log writes
+    /// per append, on one thread, no Rust in the loop.
+    CPwrite,
+    /// C-level floor: io_uring write linked to an fdatasync, submitted and awaited on one thread.
+    CUring,
+    /// C-level floor: `pwrite` on an `O_DIRECT | O_DSYNC` descriptor of the padded commit the
+    /// log writes in direct I/O mode.
+    CPwriteDirect,
+    /// C-level floor: io_uring write from a registered buffer on an `O_DIRECT | O_DSYNC`
+    /// descriptor, on one thread (the io-uring backend's mechanism without the log, the queue
+    /// and the ring thread).
+    CUringDirect,
 }
 
 impl Backend {
@@ -79,6 +93,12 @@ impl Backend {
         if cfg!(all(target_os = "linux", feature = "io-uring")) {
             all.push(Backend::IoUring);
             all.push(Backend::IoUringBuffered);
+            all.extend([
+                Backend::CPwrite,
+                Backend::CUring,
+                Backend::CPwriteDirect,
+                Backend::CUringDirect,
+            ]);
         }
         all
     }
@@ -89,6 +109,10 @@ impl Backend {
             Backend::NaiveTokioFs => "naive-tokio-fs",
             Backend::IoUring => "io-uring",
             Backend::IoUringBuffered => "io-uring-buffered",
+            Backend::CPwrite => "c-pwrite",
+            Backend::CUring => "c-uring",
+            Backend::CPwriteDirect => "c-pwrite-direct",
+            Backend::CUringDirect => "c-uring-direct",
         }
     }
 
@@ -98,7 +122,18 @@ impl Backend {
             Backend::NaiveTokioFs => Arc::new(NaiveTokioStorage::new()),
             Backend::IoUring => io_uring_storage(true)?,
             Backend::IoUringBuffered => io_uring_storage(false)?,
+            Backend::CPwrite | Backend::CUring | Backend::CPwriteDirect | Backend::CUringDirect => {
+                return Err(Failure::usage("a C-level floor is not a storage backend"))
+            }
         })
+    }
+
+    /// True for the C-level floors, which run the single-durable workload only.
+    fn is_floor(self) -> bool {
+        matches!(
+            self,
+            Backend::CPwrite | Backend::CUring | Backend::CPwriteDirect | Backend::CUringDirect
+        )
     }
 }
 
@@ -198,6 +233,8 @@ struct Figures {
     runs: usize,
     ratio_to_tokio: Option<f64>,
     ratio_to_naive: Option<f64>,
+    /// Throughput over the C-level `pwrite` + `fdatasync` floor's (single-durable only).
+    ratio_to_floor: Option<f64>,
 }
 
 /// Shared settings of every run.
@@ -277,8 +314,15 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             let duration = if round == 0 { warmup } else { measured };
             for (position, backend) in backends.iter().enumerate() {
                 progress.set_message(format!("{} on {}", workload.name(), backend.name()));
-                let storage = backend.storage()?;
-                let sample = run_workload(*workload, storage, &setup, duration).await?;
+                let sample = if backend.is_floor() {
+                    if *workload != Workload::SingleDurable {
+                        progress.inc(1);
+                        continue;
+                    }
+                    floor::run(*backend, &setup, duration).await?
+                } else {
+                    run_workload(*workload, backend.storage()?, &setup, duration).await?
+                };
                 if round > 0 {
                     samples[position].push(sample);
                 }
@@ -496,6 +540,8 @@ fn summarize(workload: Workload, backends: &[Backend], samples: Vec<Vec<Sample>>
     let mut figures: Vec<Figures> = backends
         .iter()
         .zip(samples)
+        // A C-level floor has no runs outside single-durable.
+        .filter(|(_, runs)| !runs.is_empty())
         .map(|(backend, mut runs)| {
             runs.sort_by(|a, b| throughput(a).total_cmp(&throughput(b)));
             let runs_count = runs.len();
@@ -515,6 +561,7 @@ fn summarize(workload: Workload, backends: &[Backend], samples: Vec<Vec<Sample>>
                 runs: runs_count,
                 ratio_to_tokio: None,
                 ratio_to_naive: None,
+                ratio_to_floor: None,
             }
         })
         .collect();
@@ -526,9 +573,11 @@ fn summarize(workload: Workload, backends: &[Backend], samples: Vec<Vec<Sample>>
     };
     let tokio = find("tokio", &figures);
     let naive = find("naive-tokio-fs", &figures);
+    let floor = find("c-pwrite", &figures);
     for figure in &mut figures {
         figure.ratio_to_tokio = tokio.map(|base| figure.operations_per_second / base);
         figure.ratio_to_naive = naive.map(|base| figure.operations_per_second / base);
+        figure.ratio_to_floor = floor.map(|base| figure.operations_per_second / base);
     }
     figures
 }
@@ -544,7 +593,7 @@ fn print_table(figures: &[Figures], args: &BenchArgs) {
         args.payload_bytes, args.partitions, args.runs, args.seconds, args.warmup_seconds
     );
     println!(
-        "{:<20} {:<18} {:>10} {:>9} {:>9} {:>9} {:>10} {:>9} {:>8} {:>8}",
+        "{:<20} {:<18} {:>10} {:>9} {:>9} {:>9} {:>10} {:>9} {:>8} {:>8} {:>8}",
         "workload",
         "backend",
         "ops/s",
@@ -554,12 +603,13 @@ fn print_table(figures: &[Figures], args: &BenchArgs) {
         "p99.9 us",
         "CPU us/op",
         "x tokio",
-        "x naive"
+        "x naive",
+        "x floor"
     );
     let ratio = |value: Option<f64>| value.map_or("-".to_string(), |v| format!("{v:.2}"));
     for figure in figures {
         println!(
-            "{:<20} {:<18} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>9.1} {:>8} {:>8}",
+            "{:<20} {:<18} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>9.1} {:>8} {:>8} {:>8}",
             figure.workload,
             figure.backend,
             figure.operations_per_second,
@@ -570,6 +620,7 @@ fn print_table(figures: &[Figures], args: &BenchArgs) {
             figure.cpu_us_per_operation,
             ratio(figure.ratio_to_tokio),
             ratio(figure.ratio_to_naive),
+            ratio(figure.ratio_to_floor),
         );
     }
 }

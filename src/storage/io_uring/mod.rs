@@ -14,6 +14,7 @@
 mod aligned;
 mod config;
 mod file;
+mod floor;
 mod ring;
 mod shared;
 mod sys;
@@ -28,6 +29,7 @@ use async_trait::async_trait;
 
 pub use config::IoUringConfig;
 use file::IoUringFile;
+pub use floor::{run_c_floor, CFloorMode, CFloorRun};
 use shared::SHUTDOWN_WHAT;
 use worker::Worker;
 
@@ -43,6 +45,7 @@ pub mod limits {
         MAX_REGISTERED_BUFFER_BYTES, MAX_REGISTERED_BUFFER_COUNT, MAX_REGISTERED_POOL_BYTES,
         MAX_SQPOLL_IDLE_MS, MAX_SQ_ENTRIES, MIN_SQ_ENTRIES, REGISTERED_BUFFER_ALIGNMENT_BYTES,
     };
+    pub use super::floor::MAX_FLOOR_OPERATIONS;
 }
 
 /// The io_uring storage backend: one ring on a dedicated thread, shared by every file.
