@@ -23,8 +23,9 @@ cargo clippy --all-targets -- -D warnings
 step "clippy, all features"
 cargo clippy --all-targets --all-features -- -D warnings
 
-step "build without the io-uring feature (no C toolchain involved)"
+step "build and portable test without the io-uring feature (no C toolchain involved)"
 cargo build --no-default-features --lib
+cargo test --no-default-features --test portable
 
 step "tests, all features"
 # io_uring tests fail instead of skipping when the kernel refuses io_uring; set

@@ -9,9 +9,14 @@ use std::sync::Arc;
 
 use helix_wal::{SimulatedStorage, Storage, TokioStorage};
 
-/// Set (to anything) to make io_uring tests fail instead of skipping when the machine refuses
-/// io_uring.
+/// Set (to anything but `0`) to make io_uring tests fail instead of skipping when the machine
+/// refuses io_uring.
 pub const REQUIRE_IO_URING_VARIABLE: &str = "HELIX_REQUIRE_IO_URING";
+
+/// True when `HELIX_REQUIRE_IO_URING` is set to anything but `0`.
+pub fn io_uring_required() -> bool {
+    std::env::var(REQUIRE_IO_URING_VARIABLE).is_ok_and(|value| value != "0")
+}
 
 /// Block size of the direct-I/O harnesses.
 pub const DIRECT_IO_BLOCK_BYTES: u64 = 4096;
@@ -81,7 +86,7 @@ impl Harness {
         let storage = match helix_wal::IoUringWorkerStorage::with_config(config) {
             Ok(storage) => storage,
             Err(error) => {
-                if std::env::var_os(REQUIRE_IO_URING_VARIABLE).is_some() {
+                if io_uring_required() {
                     panic!("io_uring is required ({REQUIRE_IO_URING_VARIABLE}) but: {error}");
                 }
                 eprintln!(
