@@ -31,4 +31,8 @@ step "tests, all features"
 # io_uring tests fail instead of skipping when the kernel refuses io_uring; set
 # HELIX_REQUIRE_IO_URING=0 to let them skip (loudly) on hosts that block it.
 export HELIX_REQUIRE_IO_URING="${HELIX_REQUIRE_IO_URING:-1}"
+# Tests that mount a small filesystem (disk full) need root: required when running as root
+# (as CI does), skipped loudly otherwise.
+if [ "$(id -u)" = 0 ]; then root_default=1; else root_default=0; fi
+export HELIX_REQUIRE_ROOT_TESTS="${HELIX_REQUIRE_ROOT_TESTS:-$root_default}"
 cargo test --all-features
