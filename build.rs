@@ -18,6 +18,8 @@ mod uring {
     use std::fs;
     use std::path::{Path, PathBuf};
 
+    /// Set (e.g. to `address`) to compile the shim with that sanitizer.
+    const SANITIZE_VARIABLE: &str = "HELIX_SANITIZE";
     /// The file that records the pinned liburing version.
     const PIN_FILE: &str = "vendor/liburing.toml";
     /// The shim's sources and headers (the only input of bindgen): the ring, and the raw
@@ -90,7 +92,16 @@ mod uring {
     /// Compiles the shim with warnings as errors. liburing's header is a system include so that
     /// its own code is not held to our warning flags.
     fn compile_shim(include: &Path) {
-        cc::Build::new()
+        println!("cargo:rerun-if-env-changed={SANITIZE_VARIABLE}");
+        let mut build = cc::Build::new();
+        // scripts/sanitize.sh instruments the shim together with the Rust code.
+        if let Some(sanitizer) = env::var_os(SANITIZE_VARIABLE) {
+            let sanitizer = sanitizer.to_string_lossy().into_owned();
+            build
+                .flag(format!("-fsanitize={sanitizer}"))
+                .flag("-fno-omit-frame-pointer");
+        }
+        build
             .files(SHIM_SOURCES)
             .include(SHIM_DIR)
             .flag("-isystem")
