@@ -311,6 +311,35 @@ impl Storage for IoUringWorkerStorage {
         )))
     }
 
+    async fn open_read_only(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
+        self.check_open()?;
+        let owned = path.to_path_buf();
+        let opened = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&owned)?;
+            if file.metadata()?.is_dir() {
+                return Err(io::Error::new(
+                    io::ErrorKind::IsADirectory,
+                    "is a directory",
+                ));
+            }
+            Ok(file)
+        });
+        let file = match opened.await {
+            Ok(result) => result,
+            Err(join_error) => Err(io::Error::other(format!(
+                "blocking task failed: {join_error}"
+            ))),
+        }
+        .map_err(|source| WalError::io("open", path, source))?;
+        // Read-only: no direct I/O descriptor (nothing is written through it).
+        Ok(Arc::new(IoUringFile::new(
+            Arc::clone(&self.worker),
+            file,
+            None,
+            path.to_path_buf(),
+        )))
+    }
+
     async fn exists(&self, path: &Path) -> WalResult<bool> {
         self.check_open()?;
         self.metadata.exists(path).await
