@@ -192,6 +192,21 @@ impl IoUringWorkerStorage {
         self.worker.shared.ring.arm_short_write(true);
     }
 
+    /// A file of this backend over open descriptors.
+    fn file(
+        &self,
+        file: std::fs::File,
+        read_file: Option<std::fs::File>,
+        path: &Path,
+    ) -> Arc<dyn StorageFile> {
+        Arc::new(IoUringFile::new(
+            Arc::clone(&self.worker),
+            file,
+            read_file,
+            path.to_path_buf(),
+        ))
+    }
+
     /// Test hook: files opened from now on are treated as on a filesystem that refuses
     /// `O_DIRECT` (EINVAL), so they fall back to buffered writes. Not for production use.
     #[doc(hidden)]
@@ -234,6 +249,20 @@ fn open_file(path: &Path, flags: i32) -> io::Result<std::fs::File> {
         ));
     }
     Ok(file)
+}
+
+/// Runs `open` on tokio's blocking pool; errors name `path`.
+async fn open_blocking<T: Send + 'static>(
+    path: &Path,
+    open: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> WalResult<T> {
+    let result = match tokio::task::spawn_blocking(open).await {
+        Ok(result) => result,
+        Err(join_error) => Err(io::Error::other(format!(
+            "blocking task failed: {join_error}"
+        ))),
+    };
+    result.map_err(|source| WalError::io("open", path, source))
 }
 
 /// Whether files are opened for direct I/O.
@@ -294,27 +323,15 @@ impl Storage for IoUringWorkerStorage {
             (true, true) => DirectIo::RefusedForTesting,
         };
         let refused = Arc::clone(&self.direct_io_refused);
-        let opened =
-            tokio::task::spawn_blocking(move || open_descriptors(&owned, direct_io, &refused));
-        let (file, read_file) = match opened.await {
-            Ok(result) => result,
-            Err(join_error) => Err(io::Error::other(format!(
-                "blocking task failed: {join_error}"
-            ))),
-        }
-        .map_err(|source| WalError::io("open", path, source))?;
-        Ok(Arc::new(IoUringFile::new(
-            Arc::clone(&self.worker),
-            file,
-            read_file,
-            path.to_path_buf(),
-        )))
+        let (file, read_file) =
+            open_blocking(path, move || open_descriptors(&owned, direct_io, &refused)).await?;
+        Ok(self.file(file, read_file, path))
     }
 
     async fn open_read_only(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
         self.check_open()?;
         let owned = path.to_path_buf();
-        let opened = tokio::task::spawn_blocking(move || {
+        let file = open_blocking(path, move || {
             let file = std::fs::File::open(&owned)?;
             if file.metadata()?.is_dir() {
                 return Err(io::Error::new(
@@ -323,21 +340,10 @@ impl Storage for IoUringWorkerStorage {
                 ));
             }
             Ok(file)
-        });
-        let file = match opened.await {
-            Ok(result) => result,
-            Err(join_error) => Err(io::Error::other(format!(
-                "blocking task failed: {join_error}"
-            ))),
-        }
-        .map_err(|source| WalError::io("open", path, source))?;
+        })
+        .await?;
         // Read-only: no direct I/O descriptor (nothing is written through it).
-        Ok(Arc::new(IoUringFile::new(
-            Arc::clone(&self.worker),
-            file,
-            None,
-            path.to_path_buf(),
-        )))
+        Ok(self.file(file, None, path))
     }
 
     async fn exists(&self, path: &Path) -> WalResult<bool> {
