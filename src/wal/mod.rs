@@ -502,9 +502,13 @@ impl<S: Storage + Clone> Wal<S> {
     async fn rotate(&mut self) -> WalResult<()> {
         self.sync().await?;
         tracing::debug!(next_index = self.next_index, "rotating to a new segment");
+        // A new log's first segment is installed here too; that is no rotation.
+        let full_segment = !self.segments.is_empty();
         self.start_segment(self.next_index, self.log_start_index)
             .await?;
-        self.counters.segments_rotated.increment();
+        if full_segment {
+            self.counters.segments_rotated.increment();
+        }
         Ok(())
     }
 
