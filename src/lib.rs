@@ -14,17 +14,23 @@
 mod error;
 mod format;
 mod limits;
+#[cfg(feature = "metrics")]
+mod metrics_export;
 #[cfg(feature = "sabotage")]
 #[doc(hidden)]
 pub mod sabotage;
 #[cfg(not(feature = "sabotage"))]
 #[allow(dead_code)]
 mod sabotage;
+mod stats;
 mod storage;
 mod wal;
 
 pub use error::{WalError, WalResult};
 pub use format::Entry;
+#[cfg(feature = "metrics")]
+pub use metrics_export::{export_metrics, METRIC_LABEL};
+pub use stats::{GroupCommitStats, LatencyHistogram, WalStats};
 #[cfg(feature = "baselines")]
 pub use storage::NaiveTokioStorage;
 pub use storage::{

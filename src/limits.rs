@@ -93,6 +93,20 @@ pub const TRUNCATION_HISTORY: usize = 64;
 /// Largest `max_bytes` a single `read_range` call may ask for: 256 MiB.
 pub const HARD_MAX_READ_RANGE_BYTES: usize = 256 << 20;
 
+/// Sub-buckets per power of two in a latency histogram, as a power of two: 2^3 = 8, so a reported
+/// percentile (the upper bound of its bucket) over-states the true value by at most 1/8.
+pub const LATENCY_SUB_BUCKET_BITS: u32 = 3;
+
+/// Latencies are bucketed in nanoseconds up to 2^36 ns (about 69 s); longer ones share the last
+/// bucket (the maximum is still kept exactly). No disk operation the log waits for takes longer.
+pub const LATENCY_MAX_NANOS_LOG2: u32 = 36;
+
+/// Buckets of one latency histogram: a linear group below 2^`LATENCY_SUB_BUCKET_BITS` ns, then
+/// one group of 2^`LATENCY_SUB_BUCKET_BITS` per power of two up to 2^`LATENCY_MAX_NANOS_LOG2`.
+/// Each histogram is this many 8-byte atomics, allocated when its owner is created.
+pub const LATENCY_BUCKETS: usize =
+    ((LATENCY_MAX_NANOS_LOG2 - LATENCY_SUB_BUCKET_BITS + 1) as usize) << LATENCY_SUB_BUCKET_BITS;
+
 const _: () = assert!(SEGMENT_HEADER_SIZE_BYTES % RECORD_ALIGNMENT_BYTES == 0);
 const _: () = assert!(MAX_WRITE_ALIGNMENT_BYTES.is_power_of_two());
 // Segment sizes are whole pages, so a segment ends on a boundary of every accepted alignment.
@@ -124,3 +138,8 @@ const _: () = assert!(HARD_MAX_ENTRY_SIZE_BYTES <= HARD_MAX_READ_RANGE_BYTES);
 // An index or id at the maximum plus a full segment of the smallest records never overflows.
 const _: () = assert!(MAX_LOG_INDEX.checked_add(MAX_SEGMENT_SIZE_BYTES).is_some());
 const _: () = assert!(MAX_SEGMENT_ID < u64::MAX);
+// The histogram's groups: at least one power of two above the linear group, and shifts of a u64.
+const _: () = assert!(LATENCY_SUB_BUCKET_BITS < LATENCY_MAX_NANOS_LOG2);
+const _: () = assert!(LATENCY_MAX_NANOS_LOG2 < 64);
+// A histogram stays small (a few KiB): the log holds a handful of them.
+const _: () = assert!(LATENCY_BUCKETS <= 512);

@@ -45,8 +45,8 @@ fn make_log(dir: &Path, count: u64) -> Vec<PathBuf> {
 
 // Proves `bench` runs every workload on every backend (and the C-level floors on
 // single-durable) with a tiny duration, exits 0 and prints machine-readable JSON with a figure
-// and ratios for each pair. This is the CI smoke run of the comparison: it fails on errors,
-// never on timing.
+// and ratios for each pair, and the ring's counters for each io_uring pair. This is the CI
+// smoke run of the comparison: it fails on errors, never on timing.
 #[test]
 fn bench_runs_and_prints_json() {
     let temporary = tempfile::tempdir().unwrap();
@@ -88,6 +88,19 @@ fn bench_runs_and_prints_json() {
                 "{row}"
             );
             assert!(row["ratio_to_tokio"].as_f64().is_some(), "{row}");
+            // The io_uring rows carry the ring's own counters; the others do not.
+            let ring = &row["io_uring"];
+            if row["backend"].as_str().unwrap().starts_with("io-uring") {
+                assert!(ring["sqes_submitted"].as_u64().unwrap() > 0, "{row}");
+                assert!(ring["sqes_per_enter"].as_f64().unwrap() > 0.0, "{row}");
+                assert!(ring["in_flight_peak"].as_u64().unwrap() >= 1, "{row}");
+                assert!(
+                    ring["operations"]["write"]["count"].as_u64().unwrap() > 0,
+                    "{row}"
+                );
+            } else {
+                assert!(ring.is_null(), "{row}");
+            }
         }
     }
     // With io_uring compiled in, both of its modes run, and the C-level floors run the

@@ -23,6 +23,7 @@ use crate::limits::{
     HARD_MAX_BUFFERED_BYTES, HARD_MAX_BUFFERED_ENTRIES, HARD_MAX_ENTRY_SIZE_BYTES,
     MAX_FLUSH_INTERVAL_MS, TRUNCATION_HISTORY,
 };
+use crate::stats::{GroupCommitCounters, WalCounters, WalStats};
 use crate::storage::Storage;
 use crate::wal::Wal;
 
@@ -153,6 +154,9 @@ struct Shared<S: Storage + Clone> {
     wal: RwLock<Wal<S>>,
     wake_flusher: Notify,
     durability: Published<Durability>,
+    /// The log's counters, readable without its lock.
+    counters: Arc<WalCounters>,
+    group_commit: GroupCommitCounters,
 }
 
 /// A value tasks wait on. Like a tokio watch channel, but waiters are woken in the order they
@@ -275,6 +279,7 @@ impl<S: Storage + Clone> BufferedWal<S> {
             failure: None,
             stopped: false,
         });
+        let counters = wal.counters();
         let shared = Arc::new(Shared {
             max_entry_size_bytes: wal.config().max_entry_size_bytes,
             config,
@@ -282,6 +287,8 @@ impl<S: Storage + Clone> BufferedWal<S> {
             wal: RwLock::new(wal),
             wake_flusher: Notify::new(),
             durability,
+            counters,
+            group_commit: GroupCommitCounters::default(),
         });
         let flusher = tokio::spawn(run_flusher(Arc::clone(&shared)));
         Ok(Self {
@@ -475,6 +482,16 @@ impl<S: Storage + Clone> BufferedWal<S> {
     /// The highest index known durable.
     pub fn durable_index(&self) -> u64 {
         self.shared().durability.get().index
+    }
+
+    /// A snapshot of the log's counters (see [`Wal::stats`]: its appends and syncs are the
+    /// flushes' writes) with the group commits in [`WalStats::group_commit`]. Takes no lock.
+    pub fn stats(&self) -> WalStats {
+        let shared = self.shared();
+        WalStats {
+            group_commit: Some(shared.group_commit.snapshot()),
+            ..shared.counters.snapshot()
+        }
     }
 
     /// Reads entry `index`, from the buffer if it is not written yet.
@@ -729,6 +746,7 @@ async fn flush_once<S: Storage + Clone>(shared: &Shared<S>) {
     buffer.in_flight.clear();
     match result {
         Ok(()) => {
+            shared.group_commit.flushed(batch.len());
             let durable = wal.durable_index();
             drop(buffer);
             shared.durability.modify(|state| state.index = durable);

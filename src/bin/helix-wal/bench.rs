@@ -16,6 +16,7 @@ use helix_wal::{
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
+use crate::ring_report::{RingProbe, RingReports};
 use crate::Failure;
 
 mod floor;
@@ -116,10 +117,11 @@ impl Backend {
         }
     }
 
-    fn storage(self) -> Result<Arc<dyn Storage>, Failure> {
+    /// A fresh backend, and a probe of its ring's counters when it has one.
+    fn storage(self) -> Result<(Arc<dyn Storage>, RingProbe), Failure> {
         Ok(match self {
-            Backend::Tokio => Arc::new(TokioStorage::new()),
-            Backend::NaiveTokioFs => Arc::new(NaiveTokioStorage::new()),
+            Backend::Tokio => (Arc::new(TokioStorage::new()), RingProbe::none()),
+            Backend::NaiveTokioFs => (Arc::new(NaiveTokioStorage::new()), RingProbe::none()),
             Backend::IoUring => io_uring_storage(true)?,
             Backend::IoUringBuffered => io_uring_storage(false)?,
             Backend::CPwrite | Backend::CUring | Backend::CPwriteDirect | Backend::CUringDirect => {
@@ -138,18 +140,18 @@ impl Backend {
 }
 
 #[cfg(all(target_os = "linux", feature = "io-uring"))]
-fn io_uring_storage(direct_io: bool) -> Result<Arc<dyn Storage>, Failure> {
+fn io_uring_storage(direct_io: bool) -> Result<(Arc<dyn Storage>, RingProbe), Failure> {
     let config = helix_wal::IoUringConfig {
         direct_io,
         ..helix_wal::IoUringConfig::default()
     };
-    Ok(Arc::new(helix_wal::IoUringWorkerStorage::with_config(
-        config,
-    )?))
+    let storage = helix_wal::IoUringWorkerStorage::with_config(config)?;
+    let probe = RingProbe::of(&storage);
+    Ok((Arc::new(storage), probe))
 }
 
 #[cfg(not(all(target_os = "linux", feature = "io-uring")))]
-fn io_uring_storage(_direct_io: bool) -> Result<Arc<dyn Storage>, Failure> {
+fn io_uring_storage(_direct_io: bool) -> Result<(Arc<dyn Storage>, RingProbe), Failure> {
     Err(Failure::usage(
         "the io-uring backend is not compiled in: build with --features io-uring (Linux only)",
     ))
@@ -308,23 +310,32 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     let total = (workloads.len() * backends.len() * (args.runs + 1)) as u64;
     let progress = progress_bar(total, args.no_progress || args.json);
     let mut all = Vec::new();
+    let mut ring_reports = RingReports::default();
     for workload in &workloads {
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); backends.len()];
         for round in 0..=args.runs {
             let duration = if round == 0 { warmup } else { measured };
             for (position, backend) in backends.iter().enumerate() {
                 progress.set_message(format!("{} on {}", workload.name(), backend.name()));
-                let sample = if backend.is_floor() {
+                let (sample, ring) = if backend.is_floor() {
                     if *workload != Workload::SingleDurable {
                         progress.inc(1);
                         continue;
                     }
-                    floor::run(*backend, &setup, duration).await?
+                    (
+                        floor::run(*backend, &setup, duration).await?,
+                        RingProbe::none(),
+                    )
                 } else {
-                    run_workload(*workload, backend.storage()?, &setup, duration).await?
+                    let (storage, ring) = backend.storage()?;
+                    (
+                        run_workload(*workload, storage, &setup, duration).await?,
+                        ring,
+                    )
                 };
                 if round > 0 {
                     samples[position].push(sample);
+                    ring_reports.record(workload.name(), backend.name(), &ring);
                 }
                 progress.inc(1);
             }
@@ -333,10 +344,14 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
     }
     progress.finish_and_clear();
     if args.json {
-        let text = serde_json::to_string_pretty(&all).map_err(|e| Failure::usage(e.to_string()))?;
+        let mut rows = serde_json::to_value(&all).map_err(|e| Failure::usage(e.to_string()))?;
+        ring_reports.attach(&mut rows);
+        let text =
+            serde_json::to_string_pretty(&rows).map_err(|e| Failure::usage(e.to_string()))?;
         println!("{text}");
     } else {
         print_table(&all, &args);
+        ring_reports.print();
     }
     Ok(())
 }

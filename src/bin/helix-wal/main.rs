@@ -4,6 +4,7 @@
 
 mod bench;
 mod inspect;
+mod ring_report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -35,6 +35,7 @@ use worker::Worker;
 
 use super::{Storage, StorageFile, TokioStorage};
 use crate::error::{WalError, WalResult};
+use crate::stats::LatencyHistogram;
 
 /// Limits and defaults of the io_uring backend.
 pub mod limits {
@@ -70,7 +71,11 @@ pub struct IoUringWorkerStorage {
 }
 
 /// A snapshot of the backend's counters ([`IoUringWorkerStorage::stats`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+///
+/// The counters come from the C shim; the latency histograms and `in_flight_peak` are measured
+/// on the Rust side, from the moment a request is handed to the ring thread until the ring
+/// thread sees its completion (before the waiting task is woken).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct IoUringStats {
     /// SQEs the kernel accepted.
@@ -116,6 +121,19 @@ pub struct IoUringStats {
     pub registration_errno: Option<i32>,
     /// The most requests the ring holds at once (bounded by its completion queue).
     pub max_in_flight: u32,
+    /// The most requests handed to the ring thread and not yet completed at once (at most
+    /// `max_in_flight`).
+    pub in_flight_peak: u64,
+    /// Latency of writes. In direct I/O mode every write is `O_DSYNC`, durable writes
+    /// included: they are counted here, not under `write_fsync_latency`.
+    pub write_latency: LatencyHistogram,
+    /// Latency of linked write + fdatasync pairs (durable writes in buffered mode), until the
+    /// fsync completed.
+    pub write_fsync_latency: LatencyHistogram,
+    /// Latency of reads.
+    pub read_latency: LatencyHistogram,
+    /// Latency of lone fdatasyncs.
+    pub fsync_latency: LatencyHistogram,
 }
 
 impl IoUringStats {
@@ -142,6 +160,7 @@ impl IoUringStats {
             registered_buffers: raw.registered_buffers,
             registration_errno: (raw.registration_error < 0).then_some(-raw.registration_error),
             max_in_flight: raw.max_requests,
+            ..IoUringStats::default()
         }
     }
 }
@@ -167,9 +186,18 @@ impl IoUringWorkerStorage {
         })
     }
 
-    /// A snapshot of the counters.
+    /// A snapshot of the counters and latency histograms.
     pub fn stats(&self) -> IoUringStats {
-        IoUringStats::from_raw(&self.worker.shared.ring.stats())
+        let shared = &self.worker.shared;
+        let latency = shared.latency_snapshot();
+        IoUringStats {
+            in_flight_peak: latency.outstanding_peak,
+            write_latency: latency.write,
+            write_fsync_latency: latency.write_fsync,
+            read_latency: latency.read,
+            fsync_latency: latency.fsync,
+            ..IoUringStats::from_raw(&shared.ring.stats())
+        }
     }
 
     /// The most requests queued or in flight at once; more callers wait.

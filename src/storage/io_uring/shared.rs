@@ -14,14 +14,17 @@
 //!   in the slot until the request's last CQE. If the future is dropped first, the slot is
 //!   marked abandoned and the ring thread frees it on completion (and poisons the file if a
 //!   write failed), so the kernel never writes into or reads from freed memory.
+//! * Latency: each slot notes when its request was handed to the ring thread; the completion
+//!   hook records the time to completion in the histogram of the request's operation.
 
 use std::cell::UnsafeCell;
 use std::ffi::c_void;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
@@ -33,6 +36,7 @@ use super::file::FileInner;
 use super::ring::Ring;
 use super::sys;
 use crate::error::WalError;
+use crate::stats::{LatencyHistogram, LatencyRecorder, Maximum};
 
 /// The slot is free.
 const STATE_FREE: u8 = 0;
@@ -42,6 +46,9 @@ const STATE_QUEUED: u8 = 1;
 const STATE_DONE: u8 = 2;
 /// The future was dropped before completion: the ring thread frees the slot on completion.
 const STATE_ABANDONED: u8 = 3;
+
+/// An opcode no request has: completions that record no latency.
+const NO_OPERATION: u32 = 0;
 
 /// What shutdown errors name.
 pub(crate) const SHUTDOWN_WHAT: &str = "io_uring storage";
@@ -80,6 +87,8 @@ pub(crate) struct Outcome {
 
 struct Slot {
     state: AtomicU8,
+    /// When the request was handed to the ring thread, in nanoseconds since `Shared::epoch`.
+    queued_at_nanos: AtomicU64,
     /// Set when the ring failed with this request in the kernel's hands: its memory is then
     /// leaked rather than freed, and the slot never reused.
     leak: AtomicBool,
@@ -101,6 +110,7 @@ impl Slot {
     fn new(index: u32) -> Slot {
         Slot {
             state: AtomicU8::new(STATE_FREE),
+            queued_at_nanos: AtomicU64::new(0),
             leak: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             request: UnsafeCell::new(sys::helix_request {
@@ -128,6 +138,45 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     /// The errno with which the ring failed, or 0.
     ring_failure: AtomicI32,
+    /// Time origin of `Slot::queued_at_nanos`.
+    epoch: Instant,
+    /// Latency from hand-off to completion, per operation.
+    latency: OperationLatency,
+    /// Requests handed to the ring thread and not yet completed.
+    outstanding: AtomicU64,
+    /// The most requests outstanding at once.
+    outstanding_peak: Maximum,
+}
+
+/// Latency histograms of the ring's operations, from the moment a request is handed to the ring
+/// thread until its completion reaches the hook (before the waiting task is woken).
+#[derive(Debug, Default)]
+pub(crate) struct OperationLatency {
+    write: LatencyRecorder,
+    write_fsync: LatencyRecorder,
+    read: LatencyRecorder,
+    fsync: LatencyRecorder,
+}
+
+/// A snapshot of [`OperationLatency`] and the outstanding-request peak.
+pub(crate) struct LatencySnapshot {
+    pub(crate) write: LatencyHistogram,
+    pub(crate) write_fsync: LatencyHistogram,
+    pub(crate) read: LatencyHistogram,
+    pub(crate) fsync: LatencyHistogram,
+    pub(crate) outstanding_peak: u64,
+}
+
+impl OperationLatency {
+    fn recorder(&self, opcode: u32) -> Option<&LatencyRecorder> {
+        match opcode {
+            sys::HELIX_OP_WRITE => Some(&self.write),
+            sys::HELIX_OP_WRITE_FSYNC => Some(&self.write_fsync),
+            sys::HELIX_OP_READ => Some(&self.read),
+            sys::HELIX_OP_FSYNC => Some(&self.fsync),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -159,6 +208,26 @@ impl Shared {
             pushing: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             ring_failure: AtomicI32::new(0),
+            epoch: Instant::now(),
+            latency: OperationLatency::default(),
+            outstanding: AtomicU64::new(0),
+            outstanding_peak: Maximum::default(),
+        }
+    }
+
+    /// Nanoseconds since `epoch`.
+    fn now_nanos(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The latency histograms and the outstanding-request peak.
+    pub(crate) fn latency_snapshot(&self) -> LatencySnapshot {
+        LatencySnapshot {
+            write: self.latency.write.snapshot(),
+            write_fsync: self.latency.write_fsync.snapshot(),
+            read: self.latency.read.snapshot(),
+            fsync: self.latency.fsync.snapshot(),
+            outstanding_peak: self.outstanding_peak.get(),
         }
     }
 
@@ -247,9 +316,12 @@ impl Shared {
             drop(self.take_outcome(index));
             return Err(Self::shutdown_error());
         }
-        self.slots[index as usize]
-            .state
-            .store(STATE_QUEUED, Ordering::Release);
+        let slot = &self.slots[index as usize];
+        slot.queued_at_nanos
+            .store(self.now_nanos(), Ordering::Relaxed);
+        let outstanding = self.outstanding.fetch_add(1, Ordering::Relaxed) + 1;
+        self.outstanding_peak.observe(outstanding);
+        slot.state.store(STATE_QUEUED, Ordering::Release);
         let pushed = self.queue.push(index);
         assert!(pushed.is_ok(), "the queue holds every slot");
         self.ring.notify();
@@ -286,8 +358,13 @@ impl Shared {
     }
 
     /// Called on the ring thread when the shim hands a request back.
-    fn on_complete(&self, index: u32) {
+    fn on_complete(&self, index: u32, opcode: u32) {
         let slot = &self.slots[index as usize];
+        let queued_at = slot.queued_at_nanos.load(Ordering::Relaxed);
+        if let Some(recorder) = self.latency.recorder(opcode) {
+            recorder.record_nanos(self.now_nanos().saturating_sub(queued_at));
+        }
+        self.outstanding.fetch_sub(1, Ordering::Relaxed);
         match slot.state.compare_exchange(
             STATE_QUEUED,
             STATE_DONE,
@@ -321,7 +398,8 @@ impl Shared {
         self.close();
         while let Some(index) = self.queue.pop() {
             self.set_result(index, errno);
-            self.on_complete(index);
+            // Not a latency: the ring failed, the request never completed.
+            self.on_complete(index, NO_OPERATION);
         }
         for index in 0..self.slots.len() as u32 {
             let slot = &self.slots[index as usize];
@@ -329,7 +407,7 @@ impl Shared {
             if state == STATE_QUEUED || state == STATE_ABANDONED {
                 slot.leak.store(true, Ordering::Release);
                 self.set_result(index, errno);
-                self.on_complete(index);
+                self.on_complete(index, NO_OPERATION);
             }
         }
     }
@@ -427,8 +505,8 @@ unsafe extern "C" fn hook_complete(context: *mut c_void, request: *mut sys::heli
     let shared = unsafe { shared_from(context) };
     // SAFETY: the shim hands back a request it got from `hook_pop`, which points into a slot;
     // the ring thread owns it until `on_complete` publishes it.
-    let index = unsafe { (*request).user_data } as u32;
-    shared.on_complete(index);
+    let (index, opcode) = unsafe { ((*request).user_data as u32, (*request).opcode) };
+    shared.on_complete(index, opcode);
 }
 
 /// Waits for a queued request's completion. Dropping it before completion abandons the slot to
