@@ -90,7 +90,8 @@ fn bench_runs_and_prints_json() {
             assert!(row["ratio_to_tokio"].as_f64().is_some(), "{row}");
             // The io_uring rows carry the ring's own counters; the others do not.
             let ring = &row["io_uring"];
-            if row["backend"].as_str().unwrap().starts_with("io-uring") {
+            let backend = row["backend"].as_str().unwrap();
+            if backend.starts_with("io-uring") || backend == "file-io-uring" {
                 assert!(ring["sqes_submitted"].as_u64().unwrap() > 0, "{row}");
                 assert!(ring["sqes_per_enter"].as_f64().unwrap() > 0.0, "{row}");
                 assert!(ring["in_flight_peak"].as_u64().unwrap() >= 1, "{row}");
@@ -103,8 +104,9 @@ fn bench_runs_and_prints_json() {
             }
         }
     }
-    // With io_uring compiled in, both of its modes run, and the C-level floors run the
-    // single-durable workload (the CI smoke run of every backend).
+    // With io_uring compiled in, both of its modes run, and the C-level floors (raw and through
+    // the shim) and the file-level loops run the single-durable workload (the CI smoke run of
+    // every backend).
     if cfg!(all(target_os = "linux", feature = "io-uring")) {
         let backends: Vec<&str> = figures
             .iter()
@@ -118,6 +120,12 @@ fn bench_runs_and_prints_json() {
             "c-uring",
             "c-pwrite-direct",
             "c-uring-direct",
+            "c-shim",
+            "c-shim-direct",
+            "c-shim-handoff",
+            "c-shim-handoff-direct",
+            "file-tokio",
+            "file-io-uring",
         ] {
             assert!(
                 backends.contains(&expected),

@@ -86,6 +86,22 @@ pub enum Backend {
     /// descriptor, on one thread (the io-uring backend's mechanism without the log, the queue
     /// and the ring thread).
     CUringDirect,
+    /// The backend's C shim with its loop on the benchmark's thread: linked write + fdatasync
+    /// requests (what the shim's bookkeeping adds to `c-uring`).
+    CShim,
+    /// The C shim on the benchmark's thread: direct writes (what it adds to `c-uring-direct`).
+    CShimDirect,
+    /// The C shim on its own thread, each request handed over from the benchmark's thread,
+    /// which sleeps on an eventfd until it completes: the io-uring backend's design in C,
+    /// linked write + fdatasync.
+    CShimHandoff,
+    /// The same hand-off in C with direct writes: the io-uring backend's default, without Rust.
+    CShimHandoffDirect,
+    /// No log: one task calling `write_at_and_sync` of the same bytes on a TokioStorage file.
+    FileTokio,
+    /// No log: one task calling `write_at_and_sync` on an io-uring (direct I/O) file: the Rust
+    /// path of the backend, to compare with `c-shim-handoff-direct`.
+    FileIoUring,
 }
 
 impl Backend {
@@ -99,7 +115,15 @@ impl Backend {
                 Backend::CUring,
                 Backend::CPwriteDirect,
                 Backend::CUringDirect,
+                Backend::CShim,
+                Backend::CShimDirect,
+                Backend::CShimHandoff,
+                Backend::CShimHandoffDirect,
+                Backend::FileTokio,
+                Backend::FileIoUring,
             ]);
+        } else {
+            all.push(Backend::FileTokio);
         }
         all
     }
@@ -114,6 +138,12 @@ impl Backend {
             Backend::CUring => "c-uring",
             Backend::CPwriteDirect => "c-pwrite-direct",
             Backend::CUringDirect => "c-uring-direct",
+            Backend::CShim => "c-shim",
+            Backend::CShimDirect => "c-shim-direct",
+            Backend::CShimHandoff => "c-shim-handoff",
+            Backend::CShimHandoffDirect => "c-shim-handoff-direct",
+            Backend::FileTokio => "file-tokio",
+            Backend::FileIoUring => "file-io-uring",
         }
     }
 
@@ -122,20 +152,34 @@ impl Backend {
         Ok(match self {
             Backend::Tokio => (Arc::new(TokioStorage::new()), RingProbe::none()),
             Backend::NaiveTokioFs => (Arc::new(NaiveTokioStorage::new()), RingProbe::none()),
-            Backend::IoUring => io_uring_storage(true)?,
+            Backend::IoUring | Backend::FileIoUring => io_uring_storage(true)?,
             Backend::IoUringBuffered => io_uring_storage(false)?,
-            Backend::CPwrite | Backend::CUring | Backend::CPwriteDirect | Backend::CUringDirect => {
+            Backend::FileTokio => (Arc::new(TokioStorage::new()), RingProbe::none()),
+            Backend::CPwrite
+            | Backend::CUring
+            | Backend::CPwriteDirect
+            | Backend::CUringDirect
+            | Backend::CShim
+            | Backend::CShimDirect
+            | Backend::CShimHandoff
+            | Backend::CShimHandoffDirect => {
                 return Err(Failure::usage("a C-level floor is not a storage backend"))
             }
         })
     }
 
-    /// True for the C-level floors, which run the single-durable workload only.
+    /// True for the C-level floors and the file-level loops, which run the single-durable
+    /// workload only (they have no log).
     fn is_floor(self) -> bool {
-        matches!(
+        !matches!(
             self,
-            Backend::CPwrite | Backend::CUring | Backend::CPwriteDirect | Backend::CUringDirect
+            Backend::Tokio | Backend::NaiveTokioFs | Backend::IoUring | Backend::IoUringBuffered
         )
+    }
+
+    /// True for the file-level loops through a storage backend.
+    fn is_file_loop(self) -> bool {
+        matches!(self, Backend::FileTokio | Backend::FileIoUring)
     }
 }
 
@@ -322,10 +366,15 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
                         progress.inc(1);
                         continue;
                     }
-                    (
-                        floor::run(*backend, &setup, duration).await?,
-                        RingProbe::none(),
-                    )
+                    if backend.is_file_loop() {
+                        let (storage, ring) = backend.storage()?;
+                        (floor::file_loop(storage, &setup, duration).await?, ring)
+                    } else {
+                        (
+                            floor::run(*backend, &setup, duration).await?,
+                            RingProbe::none(),
+                        )
+                    }
                 } else {
                     let (storage, ring) = backend.storage()?;
                     (
@@ -608,7 +657,7 @@ fn print_table(figures: &[Figures], args: &BenchArgs) {
         args.payload_bytes, args.partitions, args.runs, args.seconds, args.warmup_seconds
     );
     println!(
-        "{:<20} {:<18} {:>10} {:>9} {:>9} {:>9} {:>10} {:>9} {:>8} {:>8} {:>8}",
+        "{:<20} {:<22} {:>10} {:>9} {:>9} {:>9} {:>10} {:>9} {:>8} {:>8} {:>8}",
         "workload",
         "backend",
         "ops/s",
@@ -624,7 +673,7 @@ fn print_table(figures: &[Figures], args: &BenchArgs) {
     let ratio = |value: Option<f64>| value.map_or("-".to_string(), |v| format!("{v:.2}"));
     for figure in figures {
         println!(
-            "{:<20} {:<18} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>9.1} {:>8} {:>8} {:>8}",
+            "{:<20} {:<22} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>9.1} {:>8} {:>8} {:>8}",
             figure.workload,
             figure.backend,
             figure.operations_per_second,

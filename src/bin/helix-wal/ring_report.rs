@@ -44,11 +44,13 @@ pub struct RingFigures {
     registered_buffer_misses: u64,
     fsyncs_submitted: u64,
     #[serde(skip)]
+    #[cfg_attr(not(all(target_os = "linux", feature = "io-uring")), allow(dead_code))]
     histograms: [LatencyHistogram; 4],
     operations: BTreeMap<&'static str, OperationFigures>,
 }
 
 /// Names of the operations, in the order of `RingFigures::histograms`.
+#[cfg_attr(not(all(target_os = "linux", feature = "io-uring")), allow(dead_code))]
 const OPERATIONS: [&str; 4] = ["write", "write+fsync", "read", "fsync"];
 
 /// Collects the ring figures of every io_uring run, keyed by (workload, backend).
@@ -145,7 +147,7 @@ impl RingReports {
         println!();
         println!("io_uring backend, summed over the measured runs (setup included):");
         println!(
-            "{:<20} {:<18} {:>9} {:>9} {:>9} {:>10} {:>11} {:>8}  latency p50/p99 us",
+            "{:<20} {:<22} {:>9} {:>9} {:>9} {:>10} {:>11} {:>8}  latency p50/p99 us",
             "workload",
             "backend",
             "SQE/enter",
@@ -162,7 +164,7 @@ impl RingReports {
                 .map(|(name, op)| format!("{name} {}/{}", op.p50_us, op.p99_us))
                 .collect();
             println!(
-                "{:<20} {:<18} {:>9.2} {:>9} {:>9} {:>10} {:>11} {:>8}  {}",
+                "{:<20} {:<22} {:>9.2} {:>9} {:>9} {:>10} {:>11} {:>8}  {}",
                 workload,
                 backend,
                 figures.sqes_per_enter,

@@ -137,6 +137,19 @@ fn check_range(field: &'static str, value: u32, min: u32, max: u32) -> WalResult
 }
 
 impl IoUringConfig {
+    /// The shim's view of this configuration (the fields it reads).
+    pub(crate) fn raw(&self) -> super::sys::helix_ring_config {
+        super::sys::helix_ring_config {
+            sq_entries: self.sq_entries,
+            max_batch: self.max_batch,
+            gather_window_us: self.gather_window_us,
+            registered_buffer_count: self.registered_buffer_count,
+            registered_buffer_bytes: self.registered_buffer_bytes,
+            iowq_max_workers: self.iowq_max_workers,
+            sqpoll_idle_ms: self.sqpoll_idle_ms,
+        }
+    }
+
     /// Checks every field against its bounds.
     pub fn validate(&self) -> WalResult<()> {
         check_range(

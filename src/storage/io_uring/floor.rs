@@ -1,6 +1,7 @@
 //! The C-level floor of a durable append (csrc/helix_floor.c): raw durable-write loops on one
 //! thread, with no Rust in the loop and no hand-off, for `helix-wal bench` to divide the log's
-//! figures by.
+//! figures by; and the same loops through the backend's C shim, inline and with the ring on its
+//! own thread, to tell what the shim and the Rust path each cost.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -9,6 +10,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
 
+use super::config::IoUringConfig;
 use super::sys;
 
 /// Largest number of operations one floor run records (bounds its latency buffer: 8 MiB).
@@ -26,6 +28,16 @@ pub enum CFloorMode {
     /// io_uring write from a registered buffer on an `O_DIRECT | O_DSYNC` descriptor, on the
     /// calling thread.
     UringDirect,
+    /// The backend's C shim running its loop on the calling thread: `HELIX_OP_WRITE_FSYNC`.
+    ShimLinked,
+    /// The shim on the calling thread: `HELIX_OP_WRITE` on an `O_DIRECT | O_DSYNC` descriptor.
+    ShimDirect,
+    /// The shim on its own thread, each request handed over from the calling thread, which
+    /// sleeps on an eventfd until it completes (the Rust backend's design, in C):
+    /// `HELIX_OP_WRITE_FSYNC`.
+    ShimHandoffLinked,
+    /// The same hand-off with `HELIX_OP_WRITE` on an `O_DIRECT | O_DSYNC` descriptor.
+    ShimHandoffDirect,
 }
 
 impl CFloorMode {
@@ -35,12 +47,22 @@ impl CFloorMode {
             CFloorMode::UringLinked => sys::HELIX_FLOOR_URING_LINKED,
             CFloorMode::PwriteDirect => sys::HELIX_FLOOR_PWRITE_DIRECT,
             CFloorMode::UringDirect => sys::HELIX_FLOOR_URING_DIRECT,
+            CFloorMode::ShimLinked => sys::HELIX_FLOOR_SHIM_LINKED,
+            CFloorMode::ShimDirect => sys::HELIX_FLOOR_SHIM_DIRECT,
+            CFloorMode::ShimHandoffLinked => sys::HELIX_FLOOR_SHIM_HANDOFF_LINKED,
+            CFloorMode::ShimHandoffDirect => sys::HELIX_FLOOR_SHIM_HANDOFF_DIRECT,
         }
     }
 
     /// True for the modes that write through `O_DIRECT | O_DSYNC`.
     pub fn is_direct(self) -> bool {
-        matches!(self, CFloorMode::PwriteDirect | CFloorMode::UringDirect)
+        matches!(
+            self,
+            CFloorMode::PwriteDirect
+                | CFloorMode::UringDirect
+                | CFloorMode::ShimDirect
+                | CFloorMode::ShimHandoffDirect
+        )
     }
 }
 
@@ -56,7 +78,8 @@ pub struct CFloorRun {
 /// Prepares `path` as the log prepares a segment (`file_bytes` of zeros, written and synced),
 /// then runs `mode` on it for `duration`: `write_bytes` per durable write, at consecutive
 /// offsets, wrapping around. `write_bytes` and `file_bytes` must be multiples of 4096 for the
-/// direct modes. Blocks the calling thread for the whole run.
+/// direct modes. The shim modes configure their ring as `IoUringConfig::default()` does the
+/// backend's. Blocks the calling thread for the whole run.
 pub fn run_c_floor(
     path: &Path,
     mode: CFloorMode,
@@ -74,9 +97,10 @@ pub fn run_c_floor(
     let mut latencies_ns = vec![0u64; MAX_FLOOR_OPERATIONS];
     let mut result = sys::helix_floor_result::default();
     let duration_ns = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+    let ring_config = IoUringConfig::default().raw();
     // SAFETY: `file` stays open for the call; `latencies_ns` has room for the
-    // `MAX_FLOOR_OPERATIONS` values the shim may write, and `result` is valid for writes; the
-    // shim keeps no pointer after it returns.
+    // `MAX_FLOOR_OPERATIONS` values the shim may write, `ring_config` is valid for reads and
+    // `result` for writes; the shim keeps no pointer after it returns.
     let ret = unsafe {
         sys::helix_floor_run(
             file.as_raw_fd(),
@@ -86,6 +110,7 @@ pub fn run_c_floor(
             duration_ns,
             latencies_ns.as_mut_ptr(),
             MAX_FLOOR_OPERATIONS as u64,
+            &ring_config,
             &mut result,
         )
     };

@@ -26,15 +26,7 @@ impl Ring {
     /// Creates a ring on the calling thread (which must be the thread that will run it).
     /// Returns the negative errno of the shim on failure.
     pub(crate) fn create(config: &IoUringConfig) -> Result<Ring, i32> {
-        let raw_config = sys::helix_ring_config {
-            sq_entries: config.sq_entries,
-            max_batch: config.max_batch,
-            gather_window_us: config.gather_window_us,
-            registered_buffer_count: config.registered_buffer_count,
-            registered_buffer_bytes: config.registered_buffer_bytes,
-            iowq_max_workers: config.iowq_max_workers,
-            sqpoll_idle_ms: config.sqpoll_idle_ms,
-        };
+        let raw_config = config.raw();
         let mut out: *mut sys::helix_ring = std::ptr::null_mut();
         // SAFETY: both pointers are valid for the call; the shim copies the config and writes
         // `out` only on success.

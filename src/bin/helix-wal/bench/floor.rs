@@ -1,8 +1,12 @@
 //! The C-level floors of the single-durable workload: raw durable-write loops in C
-//! (`helix_wal::run_c_floor`) writing, per operation, exactly the bytes the log writes per
-//! durable append of the same payload.
+//! (`helix_wal::run_c_floor`) and the same loop through a storage backend's file, writing, per
+//! operation, exactly the bytes the log writes per durable append of the same payload.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use helix_wal::Storage;
 
 use super::{Backend, Sample, Setup};
 use crate::Failure;
@@ -10,7 +14,6 @@ use crate::Failure;
 /// The bytes the log writes for one durable append of `payload_bytes`: one record (a 32-byte
 /// header, the payload, padding to 8 bytes), and in direct I/O mode a padding record up to the
 /// next 4096-byte block (a whole extra block when the gap is too short for a record header).
-#[cfg_attr(not(all(target_os = "linux", feature = "io-uring")), allow(dead_code))]
 fn commit_bytes(payload_bytes: usize, direct: bool) -> u32 {
     /// Record header, alignment of records, and of direct I/O writes (docs/FORMAT.md).
     const HEADER: usize = 32;
@@ -42,6 +45,10 @@ pub(super) async fn run(
         Backend::CUring => CFloorMode::UringLinked,
         Backend::CPwriteDirect => CFloorMode::PwriteDirect,
         Backend::CUringDirect => CFloorMode::UringDirect,
+        Backend::CShim => CFloorMode::ShimLinked,
+        Backend::CShimDirect => CFloorMode::ShimDirect,
+        Backend::CShimHandoff => CFloorMode::ShimHandoffLinked,
+        Backend::CShimHandoffDirect => CFloorMode::ShimHandoffDirect,
         _ => return Err(Failure::usage("not a C-level floor")),
     };
     let dir = setup.fresh_dir("floor");
@@ -80,6 +87,48 @@ pub(super) async fn run(
         "the C-level floor {} needs the io-uring feature (Linux only)",
         backend.name()
     )))
+}
+
+/// One run of the file-level loop: `write_at_and_sync` of the log's commit bytes at
+/// consecutive offsets of a fresh, pre-zeroed file the size of a segment, from one task, through
+/// `storage` (the Rust path of a backend without the log).
+pub(super) async fn file_loop(
+    storage: Arc<dyn Storage>,
+    setup: &Setup,
+    duration: Duration,
+) -> Result<Sample, Failure> {
+    /// Zeros written per call while preparing the file.
+    const CHUNK_BYTES: u64 = 1 << 20;
+    let dir = setup.fresh_dir("file");
+    storage.create_dir_all(&dir).await?;
+    let file = storage.open(&dir.join("file.dat")).await?;
+    let file_bytes = setup.segment_size_bytes;
+    let zeros = Bytes::from(vec![0u8; CHUNK_BYTES as usize]);
+    let mut offset = 0;
+    while offset < file_bytes {
+        let length = (file_bytes - offset).min(CHUNK_BYTES) as usize;
+        file.write_at(offset, zeros.slice(..length)).await?;
+        offset += length as u64;
+    }
+    file.sync().await?;
+    let write_bytes = u64::from(commit_bytes(
+        setup.payload.len(),
+        file.write_alignment() > 1,
+    ));
+    let data = Bytes::from(vec![0xA5u8; write_bytes as usize]);
+    let slots = (file_bytes / write_bytes).max(1);
+    let mut latencies_ns = Vec::new();
+    let cpu_before = super::process_cpu_time();
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        let began = Instant::now();
+        let offset = (latencies_ns.len() as u64 % slots) * write_bytes;
+        file.write_at_and_sync(offset, data.clone()).await?;
+        latencies_ns.push(began.elapsed().as_nanos() as u64);
+    }
+    let elapsed = started.elapsed();
+    let cpu = super::process_cpu_time().saturating_sub(cpu_before);
+    Ok(Sample::new(latencies_ns, setup.payload.len(), elapsed, cpu))
 }
 
 #[cfg(test)]
