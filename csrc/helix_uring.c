@@ -71,6 +71,7 @@ struct ring_counters {
     _Atomic uint64_t in_flight;
     _Atomic uint64_t fixed_buffer_hits;
     _Atomic uint64_t fixed_buffer_misses;
+    _Atomic uint64_t spins_rewarded;
     _Atomic uint64_t short_transfers;
     _Atomic uint64_t linked_fsyncs_cancelled;
     _Atomic uint64_t sleeps;
@@ -87,11 +88,27 @@ struct buffer_pool {
     int32_t registration_error;
 };
 
+/* Queue checks between two clock reads while spinning idle. */
+#define SPIN_CHECKS_PER_CLOCK_READ 64
+
+/* Tells the CPU this is a spin-wait loop (eases the sibling hyperthread, saves power). */
+static inline void spin_pause(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#else
+    atomic_signal_fence(memory_order_seq_cst);
+#endif
+}
+
 struct helix_ring {
     struct io_uring uring;
     uint32_t setup_flags;
     uint32_t max_batch;
     uint32_t gather_window_us;
+    uint32_t idle_spin_us;
     uint32_t max_requests;
     /* Requests between start_request and finish_request (ring thread only). */
     uint32_t in_flight;
@@ -148,7 +165,8 @@ static int try_setup(struct helix_ring *ring, uint32_t entries, uint32_t flags, 
 }
 
 /* Creates the io_uring instance with the best flags the kernel accepts: SQPOLL if asked for,
- * else SINGLE_ISSUER|DEFER_TASKRUN (6.1), else COOP_TASKRUN (5.19), else none. */
+ * else SINGLE_ISSUER|DEFER_TASKRUN (6.1), else COOP_TASKRUN (5.19), else none; `task_run`
+ * may skip the first candidates. */
 static int setup_uring(struct helix_ring *ring, const struct helix_ring_config *config)
 {
     uint32_t entries = config->sq_entries ? config->sq_entries : DEFAULT_SQ_ENTRIES;
@@ -163,8 +181,11 @@ static int setup_uring(struct helix_ring *ring, const struct helix_ring_config *
         IORING_SETUP_COOP_TASKRUN,
         0,
     };
+    size_t first = config->task_run == HELIX_TASKRUN_COOP    ? 1
+                   : config->task_run == HELIX_TASKRUN_PLAIN ? 2
+                                                              : 0;
     int ret = -EINVAL;
-    for (size_t i = 0; i < sizeof(candidates) / sizeof(candidates[0]); i++) {
+    for (size_t i = first; i < sizeof(candidates) / sizeof(candidates[0]); i++) {
         ret = try_setup(ring, entries, candidates[i], 0);
         /* EINVAL means "flag unknown to this kernel"; anything else will not improve. */
         if (ret != -EINVAL)
@@ -279,6 +300,7 @@ int helix_ring_create(const struct helix_ring_config *config, struct helix_ring 
     ring->page_bytes = (size_t)sysconf(_SC_PAGESIZE);
     ring->max_batch = config->max_batch ? config->max_batch : DEFAULT_MAX_BATCH;
     ring->gather_window_us = config->gather_window_us;
+    ring->idle_spin_us = config->idle_spin_us;
     int ret = create_trap(ring);
     if (ret == 0) {
         /* Blocking on purpose: io_uring would complete a read of a non-blocking eventfd with
@@ -367,6 +389,7 @@ void helix_ring_read_stats(const struct helix_ring *ring, struct helix_ring_stat
     out->in_flight = read_counter(&c->in_flight);
     out->fixed_buffer_hits = read_counter(&c->fixed_buffer_hits);
     out->fixed_buffer_misses = read_counter(&c->fixed_buffer_misses);
+    out->spins_rewarded = read_counter(&c->spins_rewarded);
     out->short_transfers = read_counter(&c->short_transfers);
     out->linked_fsyncs_cancelled = read_counter(&c->linked_fsyncs_cancelled);
     out->sleeps = read_counter(&c->sleeps);
@@ -799,6 +822,26 @@ static int stay_awake(struct helix_ring *ring, const struct helix_ring_hooks *ho
     return 0;
 }
 
+/* Idle with nothing in flight: polls the queue for at most idle_spin_us and returns non-zero
+ * when a request arrived (or a stop was asked for) in that time. */
+static int spin_for_work(struct helix_ring *ring, const struct helix_ring_hooks *hooks)
+{
+    if (ring->idle_spin_us == 0 || ring->in_flight != 0)
+        return 0;
+    uint64_t deadline = monotonic_us() + ring->idle_spin_us;
+    do {
+        for (int i = 0; i < SPIN_CHECKS_PER_CLOCK_READ; i++) {
+            if (hooks->has_pending(hooks->context) ||
+                atomic_load_explicit(&ring->stop, memory_order_relaxed)) {
+                bump(&ring->counters.spins_rewarded, 1);
+                return 1;
+            }
+            spin_pause();
+        }
+    } while (monotonic_us() < deadline);
+    return 0;
+}
+
 static int finished(struct helix_ring *ring, const struct helix_ring_hooks *hooks)
 {
     return atomic_load_explicit(&ring->stop, memory_order_seq_cst) && ring->in_flight == 0 &&
@@ -815,6 +858,8 @@ int helix_ring_run(struct helix_ring *ring, const struct helix_ring_hooks *hooks
         note_batch(ring, taken);
         if (taken == 0 && finished(ring, hooks))
             return 0;
+        if (taken == 0 && spin_for_work(ring, hooks))
+            continue;
         unsigned wait_nr = 0;
         if (taken == 0 && !stay_awake(ring, hooks)) {
             wait_nr = 1;

@@ -83,6 +83,22 @@ struct helix_ring_config {
     uint32_t iowq_max_workers;
     /* Non-zero: try SQPOLL with this idle time in milliseconds first. */
     uint32_t sqpoll_idle_ms;
+    /* When idle (nothing queued, nothing in flight), keep polling the queue for this many
+     * microseconds before sleeping, so that a request queued meanwhile needs no wake-up
+     * (0: sleep at once). */
+    uint32_t idle_spin_us;
+    /* Completion task-running mode to ask the kernel for (HELIX_TASKRUN_*; 0: the best it has). */
+    uint32_t task_run;
+};
+
+/* Values of `helix_ring_config.task_run`. */
+enum helix_task_run {
+    /* SINGLE_ISSUER | DEFER_TASKRUN (6.1), else COOP_TASKRUN (5.19), else none. */
+    HELIX_TASKRUN_BEST = 0,
+    /* COOP_TASKRUN, else none. */
+    HELIX_TASKRUN_COOP = 1,
+    /* No task-running flag: completions run as the kernel pleases (interrupting the ring). */
+    HELIX_TASKRUN_PLAIN = 2,
 };
 
 /* Callbacks into the owner of the submission queue. Called only on the ring thread. */
@@ -112,6 +128,8 @@ struct helix_ring_stats {
     uint64_t linked_fsyncs_cancelled;
     uint64_t sleeps;
     uint64_t wakeups_sent;
+    /* Idle spins that found a request before their time ran out. */
+    uint64_t spins_rewarded;
     /* fdatasync SQEs queued (linked to a write or alone). */
     uint64_t fsyncs_submitted;
     /* io_uring_setup flags the ring runs with. */

@@ -41,7 +41,7 @@ pub use storage::{
 #[cfg(all(target_os = "linux", feature = "io-uring"))]
 pub use storage::{
     io_uring_limits, run_c_floor, CFloorMode, CFloorRun, IoUringConfig, IoUringStats,
-    IoUringWorkerStorage,
+    IoUringWorkerStorage, TaskRun,
 };
 pub use wal::config::{RecoveryMode, WalConfig};
 pub use wal::recovery::{RecoveryCut, RecoveryReport};

@@ -51,7 +51,7 @@ fn make_log(dir: &Path, count: u64) -> Vec<PathBuf> {
 fn bench_runs_and_prints_json() {
     let temporary = tempfile::tempdir().unwrap();
     let dir = temporary.path().to_str().unwrap();
-    let output = helix_wal(&[
+    let mut args = vec![
         "bench",
         "--dir",
         dir,
@@ -65,8 +65,14 @@ fn bench_runs_and_prints_json() {
         "2",
         "--segment-mib",
         "1",
+        "--variant",
+        "slow:base=tokio,flush-ms=2",
         "--json",
-    ]);
+    ];
+    if cfg!(all(target_os = "linux", feature = "io-uring")) {
+        args.extend(["--variant", "spin:spin-us=50,task-run=coop,max-batch=8"]);
+    }
+    let output = helix_wal(&args);
     assert!(output.status.success(), "stderr: {}", text(&output.stderr));
     let figures: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let figures = figures.as_array().unwrap();
@@ -114,6 +120,8 @@ fn bench_runs_and_prints_json() {
             .filter_map(|f| f["backend"].as_str())
             .collect();
         for expected in [
+            "tokio/slow",
+            "io-uring/spin",
             "io-uring",
             "io-uring-buffered",
             "c-pwrite",

@@ -46,7 +46,7 @@ mod tokio_storage;
 #[cfg(all(target_os = "linux", feature = "io-uring"))]
 pub use io_uring::{
     limits as io_uring_limits, run_c_floor, CFloorMode, CFloorRun, IoUringConfig, IoUringStats,
-    IoUringWorkerStorage,
+    IoUringWorkerStorage, TaskRun,
 };
 #[cfg(feature = "baselines")]
 pub use naive_tokio::NaiveTokioStorage;

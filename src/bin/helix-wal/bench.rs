@@ -20,6 +20,9 @@ use crate::ring_report::{RingProbe, RingReports};
 use crate::Failure;
 
 mod floor;
+mod variant;
+
+use variant::{Contender, Tuning};
 
 /// Options of `helix-wal bench`.
 #[derive(Debug, Args)]
@@ -52,6 +55,13 @@ pub struct BenchArgs {
     /// Workloads to run (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     workloads: Vec<Workload>,
+    /// Extra rows, each a backend with tuned settings, interleaved with the others:
+    /// `NAME:KEY=VALUE[,KEY=VALUE...]` (repeatable). Keys: base (io-uring, io-uring-buffered,
+    /// tokio), sq-entries, max-batch, gather-us, registered-buffers, registered-buffer-bytes,
+    /// iowq-workers, sqpoll-ms, spin-us, task-run (best, coop, plain), direct (true, false),
+    /// flush-ms (BufferedWal interval of the group-commit workloads).
+    #[arg(long = "variant")]
+    variants: Vec<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -147,13 +157,14 @@ impl Backend {
         }
     }
 
-    /// A fresh backend, and a probe of its ring's counters when it has one.
-    fn storage(self) -> Result<(Arc<dyn Storage>, RingProbe), Failure> {
+    /// A fresh backend with `tuning`'s io_uring settings, and a probe of its ring's counters
+    /// when it has one.
+    fn storage(self, tuning: &Tuning) -> Result<(Arc<dyn Storage>, RingProbe), Failure> {
         Ok(match self {
             Backend::Tokio => (Arc::new(TokioStorage::new()), RingProbe::none()),
             Backend::NaiveTokioFs => (Arc::new(NaiveTokioStorage::new()), RingProbe::none()),
-            Backend::IoUring | Backend::FileIoUring => io_uring_storage(true)?,
-            Backend::IoUringBuffered => io_uring_storage(false)?,
+            Backend::IoUring | Backend::FileIoUring => io_uring_storage(true, tuning)?,
+            Backend::IoUringBuffered => io_uring_storage(false, tuning)?,
             Backend::FileTokio => (Arc::new(TokioStorage::new()), RingProbe::none()),
             Backend::CPwrite
             | Backend::CUring
@@ -184,18 +195,25 @@ impl Backend {
 }
 
 #[cfg(all(target_os = "linux", feature = "io-uring"))]
-fn io_uring_storage(direct_io: bool) -> Result<(Arc<dyn Storage>, RingProbe), Failure> {
-    let config = helix_wal::IoUringConfig {
+fn io_uring_storage(
+    direct_io: bool,
+    tuning: &Tuning,
+) -> Result<(Arc<dyn Storage>, RingProbe), Failure> {
+    let mut config = helix_wal::IoUringConfig {
         direct_io,
         ..helix_wal::IoUringConfig::default()
     };
+    variant::apply(&mut config, &tuning.io_uring);
     let storage = helix_wal::IoUringWorkerStorage::with_config(config)?;
     let probe = RingProbe::of(&storage);
     Ok((Arc::new(storage), probe))
 }
 
 #[cfg(not(all(target_os = "linux", feature = "io-uring")))]
-fn io_uring_storage(_direct_io: bool) -> Result<(Arc<dyn Storage>, RingProbe), Failure> {
+fn io_uring_storage(
+    _direct_io: bool,
+    _tuning: &Tuning,
+) -> Result<(Arc<dyn Storage>, RingProbe), Failure> {
     Err(Failure::usage(
         "the io-uring backend is not compiled in: build with --features io-uring (Linux only)",
     ))
@@ -332,11 +350,17 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             temporary.path().to_path_buf()
         }
     };
-    let backends = if args.backends.is_empty() {
+    let mut backends: Vec<Contender> = if args.backends.is_empty() {
         Backend::all()
     } else {
         args.backends.clone()
-    };
+    }
+    .into_iter()
+    .map(Contender::plain)
+    .collect();
+    for text in &args.variants {
+        backends.push(variant::parse(text)?);
+    }
     let workloads = if args.workloads.is_empty() {
         Workload::all()
     } else {
@@ -359,15 +383,16 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); backends.len()];
         for round in 0..=args.runs {
             let duration = if round == 0 { warmup } else { measured };
-            for (position, backend) in backends.iter().enumerate() {
-                progress.set_message(format!("{} on {}", workload.name(), backend.name()));
+            for (position, contender) in backends.iter().enumerate() {
+                let backend = &contender.backend;
+                progress.set_message(format!("{} on {}", workload.name(), contender.name));
                 let (sample, ring) = if backend.is_floor() {
                     if *workload != Workload::SingleDurable {
                         progress.inc(1);
                         continue;
                     }
                     if backend.is_file_loop() {
-                        let (storage, ring) = backend.storage()?;
+                        let (storage, ring) = backend.storage(&contender.tuning)?;
                         (floor::file_loop(storage, &setup, duration).await?, ring)
                     } else {
                         (
@@ -376,15 +401,17 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
                         )
                     }
                 } else {
-                    let (storage, ring) = backend.storage()?;
+                    let (storage, ring) = backend.storage(&contender.tuning)?;
+                    let flush_interval_ms = contender.tuning.flush_interval_ms;
                     (
-                        run_workload(*workload, storage, &setup, duration).await?,
+                        run_workload(*workload, storage, &setup, flush_interval_ms, duration)
+                            .await?,
                         ring,
                     )
                 };
                 if round > 0 {
                     samples[position].push(sample);
-                    ring_reports.record(workload.name(), backend.name(), &ring);
+                    ring_reports.record(workload.name(), contender.name, &ring);
                 }
                 progress.inc(1);
             }
@@ -416,23 +443,33 @@ fn progress_bar(total: u64, hidden: bool) -> ProgressBar {
     bar
 }
 
+/// BufferedWal flush interval of the workloads whose appenders wait for every append.
+const WAITING_FLUSH_INTERVAL_MS: u64 = 0;
+/// BufferedWal flush interval of buffered-throughput (the 10 ms).
+const THROUGHPUT_FLUSH_INTERVAL_MS: u64 = 10;
+
+/// Runs `workload`; `flush_interval_ms` overrides the group-commit workloads' interval.
 async fn run_workload(
     workload: Workload,
     storage: Arc<dyn Storage>,
     setup: &Setup,
+    flush_interval_ms: Option<u64>,
     duration: Duration,
 ) -> Result<Sample, Failure> {
+    let waiting = flush_interval_ms.unwrap_or(WAITING_FLUSH_INTERVAL_MS);
+    let throughput = flush_interval_ms.unwrap_or(THROUGHPUT_FLUSH_INTERVAL_MS);
+    let partitions = setup.partitions;
     match workload {
         Workload::SingleDurable => partitions_durable(storage, setup, 1, duration).await,
         Workload::PartitionsDurable => {
-            partitions_durable(storage, setup, setup.partitions, duration).await
+            partitions_durable(storage, setup, partitions, duration).await
         }
-        Workload::GroupCommit1 => group_commit(storage, setup, 1, true, 0, duration).await,
+        Workload::GroupCommit1 => group_commit(storage, setup, 1, true, waiting, duration).await,
         Workload::GroupCommitN => {
-            group_commit(storage, setup, setup.partitions, true, 0, duration).await
+            group_commit(storage, setup, partitions, true, waiting, duration).await
         }
         Workload::BufferedThroughput => {
-            group_commit(storage, setup, setup.partitions, false, 10, duration).await
+            group_commit(storage, setup, partitions, false, throughput, duration).await
         }
     }
 }
@@ -600,7 +637,11 @@ fn percentile_us(sorted: &[u64], fraction: f64) -> f64 {
 }
 
 /// Picks the median run of each backend and computes ratios.
-fn summarize(workload: Workload, backends: &[Backend], samples: Vec<Vec<Sample>>) -> Vec<Figures> {
+fn summarize(
+    workload: Workload,
+    backends: &[Contender],
+    samples: Vec<Vec<Sample>>,
+) -> Vec<Figures> {
     let mut figures: Vec<Figures> = backends
         .iter()
         .zip(samples)
@@ -614,7 +655,7 @@ fn summarize(workload: Workload, backends: &[Backend], samples: Vec<Vec<Sample>>
             let seconds = median.elapsed.as_secs_f64();
             Figures {
                 workload: workload.name(),
-                backend: backend.name(),
+                backend: backend.name,
                 operations_per_second: throughput(median),
                 megabytes_per_second: median.payload_bytes as f64 / seconds / 1e6,
                 p50_us: percentile_us(&median.latencies_ns, 0.50),

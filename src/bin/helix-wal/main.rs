@@ -103,6 +103,7 @@ impl From<Mode> for RecoveryMode {
 }
 
 /// A failure the tool reports as one sentence and an exit code.
+#[derive(Debug)]
 pub struct Failure {
     message: String,
     code: u8,

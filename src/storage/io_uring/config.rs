@@ -42,6 +42,11 @@ pub const MAX_IOWQ_MAX_WORKERS: u32 = 1024;
 pub const DIRECT_IO_ALIGNMENT_BYTES: u32 = 4096;
 /// Largest accepted SQPOLL idle time: 10 s.
 pub const MAX_SQPOLL_IDLE_MS: u32 = 10_000;
+/// Default idle spin of the ring thread: none. On 2 vCPUs a spinning ring thread takes the CPU
+/// the submitting tasks need (docs/BENCHMARKS.md, tuning record).
+pub const DEFAULT_IDLE_SPIN_US: u32 = 0;
+/// Largest accepted idle spin: 1 ms (beyond that the ring thread is a busy loop).
+pub const MAX_IDLE_SPIN_US: u32 = 1_000;
 
 const _: () = assert!(DEFAULT_SQ_ENTRIES.is_power_of_two());
 const _: () = assert!(MIN_SQ_ENTRIES <= DEFAULT_SQ_ENTRIES && DEFAULT_SQ_ENTRIES <= MAX_SQ_ENTRIES);
@@ -105,6 +110,26 @@ pub struct IoUringConfig {
     /// on a filesystem that refuses `O_DIRECT` is opened buffered instead (logged once), with
     /// the linked write + fsync.
     pub direct_io: bool,
+    /// When the ring thread runs out of work (nothing queued, nothing in flight), it keeps
+    /// polling the queue for this many microseconds before it sleeps, so a request queued
+    /// meanwhile is taken without an eventfd wake-up; 0..=[`MAX_IDLE_SPIN_US`]; default
+    /// [`DEFAULT_IDLE_SPIN_US`].
+    pub idle_spin_us: u32,
+    /// The completion task-running mode asked of the kernel; default [`TaskRun::Best`].
+    pub task_run: TaskRun,
+}
+
+/// How the kernel runs completion work for the ring (io_uring setup flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TaskRun {
+    /// `SINGLE_ISSUER | DEFER_TASKRUN` (Linux 6.1): completions are processed only when the
+    /// ring thread enters the kernel to wait; else `COOP_TASKRUN`; else none.
+    #[default]
+    Best,
+    /// `COOP_TASKRUN` (Linux 5.19): no interrupting signal for completion work; else none.
+    Cooperative,
+    /// No flag: completion work interrupts the ring thread when it runs.
+    Plain,
 }
 
 impl Default for IoUringConfig {
@@ -118,6 +143,8 @@ impl Default for IoUringConfig {
             iowq_max_workers: DEFAULT_IOWQ_MAX_WORKERS,
             sqpoll_idle_ms: 0,
             direct_io: true,
+            idle_spin_us: DEFAULT_IDLE_SPIN_US,
+            task_run: TaskRun::Best,
         }
     }
 }
@@ -147,6 +174,12 @@ impl IoUringConfig {
             registered_buffer_bytes: self.registered_buffer_bytes,
             iowq_max_workers: self.iowq_max_workers,
             sqpoll_idle_ms: self.sqpoll_idle_ms,
+            idle_spin_us: self.idle_spin_us,
+            task_run: match self.task_run {
+                TaskRun::Best => super::sys::HELIX_TASKRUN_BEST,
+                TaskRun::Cooperative => super::sys::HELIX_TASKRUN_COOP,
+                TaskRun::Plain => super::sys::HELIX_TASKRUN_PLAIN,
+            },
         }
     }
 
@@ -178,6 +211,7 @@ impl IoUringConfig {
             0,
             MAX_IOWQ_MAX_WORKERS,
         )?;
+        check_range("idle_spin_us", self.idle_spin_us, 0, MAX_IDLE_SPIN_US)?;
         check_range("sqpoll_idle_ms", self.sqpoll_idle_ms, 0, MAX_SQPOLL_IDLE_MS)
     }
 
@@ -300,7 +334,14 @@ mod tests {
     #[test]
     fn validate_enforces_bounds() {
         IoUringConfig::default().validate().unwrap();
-        let cases: [(IoUringConfig, &str); 5] = [
+        let cases: [(IoUringConfig, &str); 6] = [
+            (
+                IoUringConfig {
+                    idle_spin_us: MAX_IDLE_SPIN_US + 1,
+                    ..IoUringConfig::default()
+                },
+                "idle_spin_us",
+            ),
             (
                 IoUringConfig {
                     sq_entries: 100,

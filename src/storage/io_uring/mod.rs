@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use config::IoUringConfig;
+pub use config::{IoUringConfig, TaskRun};
 use file::IoUringFile;
 pub use floor::{run_c_floor, CFloorMode, CFloorRun};
 use shared::SHUTDOWN_WHAT;
@@ -40,11 +40,12 @@ use crate::stats::LatencyHistogram;
 /// Limits and defaults of the io_uring backend.
 pub mod limits {
     pub use super::config::{
-        DEFAULT_GATHER_WINDOW_US, DEFAULT_IOWQ_MAX_WORKERS, DEFAULT_MAX_BATCH,
-        DEFAULT_REGISTERED_BUFFER_BYTES, DEFAULT_REGISTERED_BUFFER_COUNT, DEFAULT_SQ_ENTRIES,
-        DIRECT_IO_ALIGNMENT_BYTES, MAX_BATCH, MAX_GATHER_WINDOW_US, MAX_IOWQ_MAX_WORKERS,
-        MAX_REGISTERED_BUFFER_BYTES, MAX_REGISTERED_BUFFER_COUNT, MAX_REGISTERED_POOL_BYTES,
-        MAX_SQPOLL_IDLE_MS, MAX_SQ_ENTRIES, MIN_SQ_ENTRIES, REGISTERED_BUFFER_ALIGNMENT_BYTES,
+        DEFAULT_GATHER_WINDOW_US, DEFAULT_IDLE_SPIN_US, DEFAULT_IOWQ_MAX_WORKERS,
+        DEFAULT_MAX_BATCH, DEFAULT_REGISTERED_BUFFER_BYTES, DEFAULT_REGISTERED_BUFFER_COUNT,
+        DEFAULT_SQ_ENTRIES, DIRECT_IO_ALIGNMENT_BYTES, MAX_BATCH, MAX_GATHER_WINDOW_US,
+        MAX_IDLE_SPIN_US, MAX_IOWQ_MAX_WORKERS, MAX_REGISTERED_BUFFER_BYTES,
+        MAX_REGISTERED_BUFFER_COUNT, MAX_REGISTERED_POOL_BYTES, MAX_SQPOLL_IDLE_MS, MAX_SQ_ENTRIES,
+        MIN_SQ_ENTRIES, REGISTERED_BUFFER_ALIGNMENT_BYTES,
     };
     pub use super::floor::MAX_FLOOR_OPERATIONS;
 }
@@ -106,6 +107,9 @@ pub struct IoUringStats {
     pub sleeps: u64,
     /// Eventfd wake-ups sent to a sleeping ring thread.
     pub wakeups_sent: u64,
+    /// Idle spins of the ring thread ([`IoUringConfig::idle_spin_us`]) that found a request
+    /// before their time ran out.
+    pub spins_rewarded: u64,
     /// fdatasync SQEs queued (linked to a write or alone); none for durable writes in direct
     /// I/O mode.
     pub fsyncs_submitted: u64,
@@ -153,6 +157,7 @@ impl IoUringStats {
             linked_fsyncs_cancelled: raw.linked_fsyncs_cancelled,
             sleeps: raw.sleeps,
             wakeups_sent: raw.wakeups_sent,
+            spins_rewarded: raw.spins_rewarded,
             fsyncs_submitted: raw.fsyncs_submitted,
             sqpoll: raw.setup_flags & sys::HELIX_SETUP_SQPOLL != 0,
             defer_taskrun: raw.setup_flags & sys::HELIX_SETUP_DEFER_TASKRUN != 0,
