@@ -860,8 +860,10 @@ int helix_ring_run(struct helix_ring *ring, const struct helix_ring_hooks *hooks
             return 0;
         if (taken == 0 && spin_for_work(ring, hooks))
             continue;
+        /* Nothing more to take: submit what was gathered and wait in the same enter, for a
+         * completion or the wake-up (one syscall per round trip instead of two). */
         unsigned wait_nr = 0;
-        if (taken == 0 && !stay_awake(ring, hooks)) {
+        if (!stay_awake(ring, hooks)) {
             wait_nr = 1;
             bump(&ring->counters.sleeps, 1);
         }

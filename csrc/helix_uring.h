@@ -5,9 +5,10 @@
  * `helix_ring_create` and then `helix_ring_run`, which loops: it takes requests from the
  * caller's submission queue (through `helix_ring_hooks`), prepares SQEs for a bounded batch,
  * submits them with one io_uring_enter, reaps every available CQE and hands finished requests
- * back through the hooks. It sleeps in io_uring_enter only when it has nothing to do; other
- * threads wake it with `helix_ring_notify`, which writes an eventfd only when the ring thread
- * has announced that it is about to sleep.
+ * back through the hooks. When the queue is empty it sleeps in that same io_uring_enter until
+ * a completion arrives (one syscall per round trip); other threads wake it with
+ * `helix_ring_notify`, which writes an eventfd only when the ring thread has announced that it
+ * is about to sleep.
  *
  * Every function that can fail returns 0 or a positive count on success and a negative errno
  * on failure. There is no global state: everything lives in the `helix_ring` object.

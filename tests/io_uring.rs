@@ -116,6 +116,32 @@ async fn operations_go_through_the_ring() {
     }
 }
 
+// Proves the ring thread submits a request and waits for it in one io_uring_enter: a writer
+// issuing durable writes one after another costs at most two enters per write (the submit and
+// wait, and the sleep until the next request; fewer when the next arrives first). Before the
+// two were merged it took three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_writer_costs_at_most_two_enters_per_write() {
+    let Some((harness, storage)) = harness_with(IoUringConfig::default()) else {
+        return;
+    };
+    harness.storage.create_dir_all(&harness.dir).await.unwrap();
+    let file = harness.storage.open(&harness.dir.join("a")).await.unwrap();
+    let alignment = file.write_alignment().max(1) as usize;
+    let length = 4096usize.next_multiple_of(alignment);
+    let before = wait_until_idle(&storage).await;
+    const WRITES: u64 = 200;
+    for round in 0..WRITES {
+        let data = Bytes::from(pattern(round as u32, length));
+        file.write_at_and_sync(round * length as u64, data)
+            .await
+            .unwrap();
+    }
+    let after = wait_until_idle(&storage).await;
+    let enters = after.enter_calls - before.enter_calls;
+    assert!(enters <= 2 * WRITES + 2, "{enters} enters for {WRITES} writes");
+}
+
 // Proves the batch size bound: with max_batch = 4 and a long gathering window, 32 concurrent
 // writes never put more than 4 requests into one submission, and all complete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
