@@ -14,9 +14,40 @@ use bytes::Bytes;
 use helix_wal::{Entry, RecoveryMode, SimulatedStorage, Storage, Wal, WalConfig};
 use proptest::prelude::*;
 
+/// Every allocation of this test binary goes through a cap, lowered while a damaged log is
+/// opened and read: an allocation beyond it fails, and the process aborts with "memory
+/// allocation of N bytes failed" (the test fails loudly).
+#[global_allocator]
+static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
+
+/// Memory an open and a full read of a damaged log may take on top of what was allocated
+/// before: the whole log is under 1 MiB, so this is generous, and a length field believed
+/// (up to 4 GiB) would blow through it.
+const RECOVERY_MEMORY_BUDGET_BYTES: usize = 16 << 20;
+
+/// Lowers the allocation cap to what is allocated now plus the budget, until dropped.
+struct MemoryBudget;
+
+impl MemoryBudget {
+    fn start() -> MemoryBudget {
+        ALLOCATOR
+            .set_limit(ALLOCATOR.allocated() + RECOVERY_MEMORY_BUDGET_BYTES)
+            .expect("the budget is above what is allocated");
+        MemoryBudget
+    }
+}
+
+impl Drop for MemoryBudget {
+    fn drop(&mut self) {
+        let _ = ALLOCATOR.set_limit(usize::MAX);
+    }
+}
+
 const DIR: &str = "/sim/log";
 const SEGMENT_SIZE_BYTES: u64 = 64 << 10;
 const MAX_ENTRY_BYTES: usize = 2048;
+/// Offset of the length field of a segment's first record.
+const FIRST_RECORD_LENGTH_FIELD: usize = 4096 + 4;
 /// Cases per run unless `PROPTEST_CASES` says otherwise.
 const DEFAULT_CASES: u32 = 256;
 
@@ -112,6 +143,8 @@ enum Damage {
     },
     /// An extra directory entry named like a segment: empty file, foreign bytes, or directory.
     Extra { kind: u8, id: u64, bytes: Vec<u8> },
+    /// The length field of a segment's first record set beyond the largest entry, up to 4 GiB.
+    AbsurdLength { file: usize, length: u32 },
 }
 
 fn damage() -> impl Strategy<Value = Damage> {
@@ -150,6 +183,8 @@ fn damage() -> impl Strategy<Value = Damage> {
             proptest::collection::vec(any::<u8>(), 0..128)
         )
             .prop_map(|(kind, id, bytes)| Damage::Extra { kind, id, bytes }),
+        (0..8usize, (MAX_ENTRY_BYTES as u32 + 1)..=u32::MAX)
+            .prop_map(|(file, length)| Damage::AbsurdLength { file, length }),
     ]
 }
 
@@ -224,6 +259,15 @@ fn damaged_files(damages: &[Damage]) -> (Vec<(String, Vec<u8>)>, Vec<Damage>) {
                 let record = forged_record(segment_id(name), index, term, length);
                 if offset + record.len() <= bytes.len() {
                     bytes[offset..offset + record.len()].copy_from_slice(&record);
+                }
+            }
+            Damage::AbsurdLength { file, length } => {
+                // The first record starts right after the 4096-byte header; its length field
+                // is at bytes 4..8 of it (docs/FORMAT.md).
+                let bytes = &mut files[file % count].1;
+                if bytes.len() >= FIRST_RECORD_LENGTH_FIELD + 4 {
+                    bytes[FIRST_RECORD_LENGTH_FIELD..FIRST_RECORD_LENGTH_FIELD + 4]
+                        .copy_from_slice(&length.to_le_bytes());
                 }
             }
             extra @ Damage::Extra { .. } => extras.push(extra),
@@ -312,7 +356,8 @@ proptest! {
     })]
 
     // Proves any combination of one to four damages gives, under every recovery mode, either a
-    // structured error naming a file of the log or only entries identical to the originals.
+    // structured error naming a file of the log or only entries identical to the originals,
+    // within a fixed memory budget whatever the length fields say.
     #[test]
     fn damaged_logs_give_errors_or_original_entries(
         damages in proptest::collection::vec(damage(), 1..5)
@@ -326,7 +371,10 @@ proptest! {
         ] {
             runtime.block_on(async {
                 let storage = machine_with(&files, &extras).await;
-                check(storage, mode).await
+                let budget = MemoryBudget::start();
+                let outcome = check(storage, mode).await;
+                drop(budget);
+                outcome
             })?;
         }
     }

@@ -139,7 +139,10 @@ async fn a_lone_writer_costs_at_most_two_enters_per_write() {
     }
     let after = wait_until_idle(&storage).await;
     let enters = after.enter_calls - before.enter_calls;
-    assert!(enters <= 2 * WRITES + 2, "{enters} enters for {WRITES} writes");
+    assert!(
+        enters <= 2 * WRITES + 2,
+        "{enters} enters for {WRITES} writes"
+    );
 }
 
 // Proves the batch size bound: with max_batch = 4 and a long gathering window, 32 concurrent

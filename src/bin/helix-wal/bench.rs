@@ -228,6 +228,7 @@ pub enum Workload {
     /// `--partitions` logs, one writer task each, every append durable.
     PartitionsDurable,
     /// One BufferedWal, one appender that waits for durability of every append (interval 0).
+    #[value(name = "group-commit-1")]
     GroupCommit1,
     /// One BufferedWal, `--partitions` appenders that each wait for durability of every append
     /// (interval 0): concurrent waiters share fsyncs.
