@@ -9,6 +9,13 @@ step() { printf '\n==> %s\n' "$*"; }
 step "build dependencies"
 scripts/install-build-deps.sh
 
+# The power-loss tests (root) make an ext4 image: mkfs.ext4 comes with e2fsprogs.
+if [ "$(id -u)" = 0 ] && ! command -v mkfs.ext4 >/dev/null 2>&1 && command -v apt-get >/dev/null; then
+    step "e2fsprogs for the power-loss tests"
+    apt-cache show e2fsprogs >/dev/null 2>&1 || apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends e2fsprogs
+fi
+
 step "rustfmt and clippy components"
 if command -v rustup >/dev/null 2>&1; then
     rustup component add rustfmt clippy >/dev/null 2>&1 || true
@@ -31,8 +38,8 @@ step "tests, all features"
 # io_uring tests fail instead of skipping when the kernel refuses io_uring; set
 # HELIX_REQUIRE_IO_URING=0 to let them skip (loudly) on hosts that block it.
 export HELIX_REQUIRE_IO_URING="${HELIX_REQUIRE_IO_URING:-1}"
-# Tests that mount a small filesystem (disk full) need root: required when running as root
-# (as CI does), skipped loudly otherwise.
+# Tests that mount a small filesystem (disk full, power loss on a loop-mounted ext4 image) need
+# root: required when running as root (as CI does), skipped loudly otherwise.
 if [ "$(id -u)" = 0 ]; then root_default=1; else root_default=0; fi
 export HELIX_REQUIRE_ROOT_TESTS="${HELIX_REQUIRE_ROOT_TESTS:-$root_default}"
 cargo test --all-features

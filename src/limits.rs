@@ -60,14 +60,8 @@ pub const RECOVERY_READ_CHUNK_BYTES: usize = 4 << 20;
 /// of the last segment: 64 MiB. Only crafted data needs more; then the tail is taken for torn.
 pub const MAX_TAIL_VERIFICATION_BYTES: u64 = 64 << 20;
 
-/// Size of each write that pre-fills a new segment with zeros: small enough that a commit
-/// queued behind one on the disk waits little, large enough to stay sequential.
-pub const ZERO_FILL_CHUNK_BYTES: usize = 256 << 10;
-
-/// Pacing of the background zero-fill: after each chunk it rests this many times as long as the
-/// chunk's write took, so it keeps the disk busy at most half the time and commits are never
-/// queued behind a long run of zero-fill writes.
-pub const ZERO_FILL_REST_PER_BUSY: u32 = 1;
+/// Size of the zero-filled buffer used to pre-write new segments.
+pub const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
 
 /// Purged segment files kept for reuse instead of removed: reusing one overwrites blocks the
 /// file system has already allocated, where a new segment must be written out with zeros first.

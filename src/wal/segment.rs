@@ -14,7 +14,7 @@ use crate::format::{
 use crate::limits::{
     MAX_PADDING_PAYLOAD_BYTES, MAX_TAIL_VERIFICATION_BYTES, RECORD_ALIGNMENT_BYTES,
     RECORD_HEADER_SIZE_BYTES, RECOVERY_READ_CHUNK_BYTES, SEGMENT_HEADER_SIZE_BYTES,
-    ZERO_FILL_CHUNK_BYTES, ZERO_FILL_REST_PER_BUSY,
+    ZERO_FILL_CHUNK_BYTES,
 };
 use crate::sabotage::{is_on, Sabotage};
 use crate::storage::{Storage, StorageFile};
@@ -166,8 +166,7 @@ pub(crate) fn temporary_path<S: Storage + ?Sized>(storage: &S, dir: &Path) -> Pa
 /// Prepares the file of a future segment: writes it out to `size_bytes` of zeros under its
 /// temporary name and syncs it, so that appends later overwrite blocks that are already
 /// allocated and written. This is the slow part of creating a segment; the log runs it in the
-/// background ahead of need, paced (`ZERO_FILL_REST_PER_BUSY`) so that it shares the disk with
-/// the commits instead of queueing them behind it.
+/// background ahead of need.
 pub(crate) async fn prepare_segment_file<S: Storage + ?Sized>(
     storage: &S,
     dir: &Path,
@@ -179,13 +178,9 @@ pub(crate) async fn prepare_segment_file<S: Storage + ?Sized>(
     let mut offset = 0;
     while offset < size_bytes {
         let chunk = (size_bytes - offset).min(ZERO_FILL_CHUNK_BYTES as u64);
-        let started = tokio::time::Instant::now();
         file.write_at(offset, zero_chunk().slice(..chunk as usize))
             .await?;
         offset += chunk;
-        if offset < size_bytes {
-            tokio::time::sleep(started.elapsed() * ZERO_FILL_REST_PER_BUSY).await;
-        }
     }
     file.sync().await?;
     Ok(temporary)
