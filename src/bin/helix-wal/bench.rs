@@ -59,7 +59,8 @@ pub struct BenchArgs {
     /// `NAME:KEY=VALUE[,KEY=VALUE...]` (repeatable). Keys: base (io-uring, io-uring-buffered,
     /// tokio), sq-entries, max-batch, gather-us, registered-buffers, registered-buffer-bytes,
     /// iowq-workers, sqpoll-ms, spin-us, task-run (best, coop, plain), direct (true, false),
-    /// flush-ms (BufferedWal interval of the group-commit workloads).
+    /// flush-ms (BufferedWal interval of the group-commit workloads), compact (true: the
+    /// durable-append workloads purge what lies two segments behind every 256 appends).
     #[arg(long = "variant")]
     variants: Vec<String>,
     /// Print JSON instead of a table.
@@ -403,9 +404,8 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
                     }
                 } else {
                     let (storage, ring) = backend.storage(&contender.tuning)?;
-                    let flush_interval_ms = contender.tuning.flush_interval_ms;
                     (
-                        run_workload(*workload, storage, &setup, flush_interval_ms, duration)
+                        run_workload(*workload, storage, &setup, &contender.tuning, duration)
                             .await?,
                         ring,
                     )
@@ -449,21 +449,27 @@ const WAITING_FLUSH_INTERVAL_MS: u64 = 0;
 /// BufferedWal flush interval of buffered-throughput (the 10 ms).
 const THROUGHPUT_FLUSH_INTERVAL_MS: u64 = 10;
 
-/// Runs `workload`; `flush_interval_ms` overrides the group-commit workloads' interval.
+/// Appends between two compactions of a durable-append workload run with `compact`.
+const COMPACT_EVERY: u64 = 256;
+
+/// Runs `workload` with a variant's `tuning`: its flush interval overrides the group-commit
+/// workloads', and `compact` makes the durable-append workloads purge as they go.
 async fn run_workload(
     workload: Workload,
     storage: Arc<dyn Storage>,
     setup: &Setup,
-    flush_interval_ms: Option<u64>,
+    tuning: &Tuning,
     duration: Duration,
 ) -> Result<Sample, Failure> {
+    let flush_interval_ms = tuning.flush_interval_ms;
+    let compact = tuning.compact;
     let waiting = flush_interval_ms.unwrap_or(WAITING_FLUSH_INTERVAL_MS);
     let throughput = flush_interval_ms.unwrap_or(THROUGHPUT_FLUSH_INTERVAL_MS);
     let partitions = setup.partitions;
     match workload {
-        Workload::SingleDurable => partitions_durable(storage, setup, 1, duration).await,
+        Workload::SingleDurable => partitions_durable(storage, setup, 1, compact, duration).await,
         Workload::PartitionsDurable => {
-            partitions_durable(storage, setup, partitions, duration).await
+            partitions_durable(storage, setup, partitions, compact, duration).await
         }
         Workload::GroupCommit1 => group_commit(storage, setup, 1, true, waiting, duration).await,
         Workload::GroupCommitN => {
@@ -514,8 +520,13 @@ async fn partitions_durable(
     storage: Arc<dyn Storage>,
     setup: &Setup,
     count: usize,
+    compact: bool,
     duration: Duration,
 ) -> Result<Sample, Failure> {
+    // With `compact`, each writer purges what lies more than two segments behind it every
+    // COMPACT_EVERY appends, as a Raft node compacts below its snapshots: purged segment files
+    // are then recycled, and new segments need no zero-fill.
+    let keep_entries = 2 * setup.segment_size_bytes / (setup.payload.len() as u64 + 32);
     let mut logs = Vec::with_capacity(count);
     for _ in 0..count {
         let dir = setup.fresh_dir("partition");
@@ -540,6 +551,9 @@ async fn partitions_durable(
                 wal.append_batch_durable(std::slice::from_ref(&entry))
                     .await?;
                 latencies.push(began.elapsed().as_nanos() as u64);
+                if compact && index % COMPACT_EVERY == 0 {
+                    wal.purge_before(index.saturating_sub(keep_entries)).await?;
+                }
                 index += 1;
             }
             wal.close().await?;

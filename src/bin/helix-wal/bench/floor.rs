@@ -90,8 +90,9 @@ pub(super) async fn run(
 }
 
 /// One run of the file-level loop: `write_at_and_sync` of the log's commit bytes at
-/// consecutive offsets of a fresh, pre-zeroed file the size of a segment, from one task, through
-/// `storage` (the Rust path of a backend without the log).
+/// consecutive offsets of a fresh, pre-zeroed file the size of a segment, from one spawned task
+/// (as the log workloads' writers), through `storage` (the Rust path of a backend without the
+/// log).
 pub(super) async fn file_loop(
     storage: Arc<dyn Storage>,
     setup: &Setup,
@@ -117,15 +118,22 @@ pub(super) async fn file_loop(
     ));
     let data = Bytes::from(vec![0xA5u8; write_bytes as usize]);
     let slots = (file_bytes / write_bytes).max(1);
-    let mut latencies_ns = Vec::new();
     let cpu_before = super::process_cpu_time();
     let started = Instant::now();
-    while started.elapsed() < duration {
-        let began = Instant::now();
-        let offset = (latencies_ns.len() as u64 % slots) * write_bytes;
-        file.write_at_and_sync(offset, data.clone()).await?;
-        latencies_ns.push(began.elapsed().as_nanos() as u64);
-    }
+    // A spawned task, as the log workloads' writers are: the same runtime threads take part.
+    let writer = tokio::spawn(async move {
+        let mut latencies_ns = Vec::new();
+        while started.elapsed() < duration {
+            let began = Instant::now();
+            let offset = (latencies_ns.len() as u64 % slots) * write_bytes;
+            file.write_at_and_sync(offset, data.clone()).await?;
+            latencies_ns.push(began.elapsed().as_nanos() as u64);
+        }
+        Ok::<_, helix_wal::WalError>(latencies_ns)
+    });
+    let latencies_ns = writer
+        .await
+        .map_err(|error| Failure::usage(error.to_string()))??;
     let elapsed = started.elapsed();
     let cpu = super::process_cpu_time().saturating_sub(cpu_before);
     Ok(Sample::new(latencies_ns, setup.payload.len(), elapsed, cpu))

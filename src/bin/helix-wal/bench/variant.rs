@@ -6,7 +6,8 @@
 //! `registered-buffers`, `registered-buffer-bytes`, `iowq-workers`, `sqpoll-ms`, `spin-us`,
 //! `task-run` (`best`, `coop`, `plain`) and `direct` (`true`, `false`); `flush-ms` sets the
 //! BufferedWal flush interval of the group-commit workloads (default: 0 where every append
-//! waits, 10 for buffered-throughput).
+//! waits, 10 for buffered-throughput); `compact=true` makes the durable-append workloads purge
+//! as they go, so that segments are recycled.
 
 use super::Backend;
 use crate::Failure;
@@ -18,6 +19,8 @@ pub struct Tuning {
     pub io_uring: Vec<(IoUringKey, u32)>,
     /// BufferedWal flush interval of the group-commit workloads.
     pub flush_interval_ms: Option<u64>,
+    /// The durable-append workloads purge as they go (purged segments are recycled).
+    pub compact: bool,
 }
 
 /// An io_uring setting a variant may change.
@@ -88,6 +91,14 @@ pub fn parse(text: &str) -> Result<Contender, Failure> {
             }
             "flush-ms" => {
                 tuning.flush_interval_ms = Some(u64::from(number()?));
+                continue;
+            }
+            "compact" => {
+                tuning.compact = match value {
+                    "true" => true,
+                    "false" => false,
+                    other => return Err(usage(format!("compact is true or false, not {other:?}"))),
+                };
                 continue;
             }
             "sq-entries" => IoUringKey::SqEntries,
@@ -172,8 +183,9 @@ mod tests {
             vec![(IoUringKey::SpinUs, 50), (IoUringKey::TaskRun, 1)]
         );
         assert_eq!(spin.tuning.flush_interval_ms, Some(2));
-        let tokio = parse("slow:base=tokio,flush-ms=20").unwrap();
+        let tokio = parse("slow:base=tokio,flush-ms=20,compact=true").unwrap();
         assert_eq!(tokio.name, "tokio/slow");
+        assert!(tokio.tuning.compact && !spin.tuning.compact);
         for bad in [
             "nocolon",
             ":spin-us=1",
@@ -181,6 +193,7 @@ mod tests {
             "x:warp=9",
             "x:base=tokio,spin-us=1",
             "x:direct=maybe",
+            "x:compact=1",
         ] {
             let error = parse(bad).unwrap_err().message;
             assert!(error.contains("--variant"), "{bad}: {error}");
