@@ -55,6 +55,22 @@ async fn wait_until_idle(storage: &IoUringWorkerStorage) -> IoUringStats {
     }
 }
 
+/// Waits (yielding) until the ring has completed at least `count` requests in all.
+async fn wait_for_completions(storage: &IoUringWorkerStorage, count: u64) -> IoUringStats {
+    let start = Instant::now();
+    loop {
+        let stats = storage.stats();
+        if stats.requests_completed >= count {
+            return stats;
+        }
+        assert!(
+            start.elapsed() < IDLE_WAIT_LIMIT,
+            "the ring never completed {count} requests: {stats:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Data whose bytes depend on a seed and their position, so any mix-up shows.
 fn pattern(seed: u32, len: usize) -> Vec<u8> {
     (0..len)
@@ -277,6 +293,7 @@ async fn dropping_a_future_mid_write_keeps_its_buffer_alive() {
         data: data.clone(),
         dropped: Arc::clone(&dropped),
     };
+    let before = wait_until_idle(&storage).await;
     // One poll queues the write; the zero timeout then drops the future mid-flight.
     let write = file.write_at_and_sync(0, Bytes::from_owner(owner));
     let outcome = tokio::time::timeout(Duration::ZERO, write).await;
@@ -286,6 +303,8 @@ async fn dropping_a_future_mid_write_keeps_its_buffer_alive() {
     );
     // Churn the allocator so a freed buffer would likely be reused and overwritten.
     let churn: Vec<Vec<u8>> = (0..16).map(|_| vec![0xEE; 1 << 20]).collect();
+    // Idle is not enough: the ring thread may not have taken the abandoned write yet.
+    wait_for_completions(&storage, before.requests_completed + 1).await;
     let stats = wait_until_idle(&storage).await;
     drop(churn);
     assert!(
@@ -312,9 +331,11 @@ async fn a_failed_write_poisons_even_when_its_future_is_dropped() {
     let file = harness.storage.open(&harness.dir.join("a")).await.unwrap();
     file.write_at(0, Bytes::from_static(b"kept")).await.unwrap();
     let bad_offset = u64::MAX - 16;
+    let before = wait_until_idle(&storage).await;
     let write = file.write_at(bad_offset, Bytes::from_static(b"rejected"));
     let _ = tokio::time::timeout(Duration::ZERO, write).await;
-    wait_until_idle(&storage).await;
+    // Idle is not enough: the ring thread may not have taken the abandoned write yet.
+    wait_for_completions(&storage, before.requests_completed + 1).await;
     let refused = file.write_at(4, Bytes::from_static(b"x")).await;
     assert!(
         matches!(refused, Err(WalError::Poisoned { .. })),
