@@ -645,6 +645,47 @@ async fn each_task_run_mode_is_granted_and_works() {
     }
 }
 
+// Proves `ring_cpu`: the ring thread runs pinned to the CPU asked for (its affinity in /proc
+// says so) and serves requests; a CPU the process may not use is refused as InvalidConfig.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ring_thread_can_be_pinned_to_a_cpu() {
+    let config = IoUringConfig {
+        ring_cpu: Some(0),
+        ..buffered()
+    };
+    let Some((harness, _storage)) = harness_with(config) else {
+        return;
+    };
+    harness.storage.create_dir_all(&harness.dir).await.unwrap();
+    let file = harness.storage.open(&harness.dir.join("a")).await.unwrap();
+    file.write_at_and_sync(0, Bytes::from(pattern(1, 3000)))
+        .await
+        .unwrap();
+    assert_eq!(file.read_at(0, 3000).await.unwrap(), pattern(1, 3000));
+    let pinned = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.trim() == "helix-uring")
+        })
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .any(|status| {
+            status.lines().any(|line| {
+                line.split_whitespace().collect::<Vec<_>>() == ["Cpus_allowed_list:", "0"]
+            })
+        });
+    assert!(pinned, "no ring thread runs pinned to CPU 0");
+    let refused = IoUringWorkerStorage::with_config(IoUringConfig {
+        ring_cpu: Some(100_000),
+        ..buffered()
+    });
+    match refused {
+        Err(WalError::InvalidConfig { field, .. }) => assert_eq!(field, "ring_cpu"),
+        other => panic!("CPU 100000 accepted: {other:?}"),
+    }
+}
+
 // Proves a ring without registered buffers (none asked for) serves every operation through
 // plain reads and writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

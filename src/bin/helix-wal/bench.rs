@@ -58,7 +58,8 @@ pub struct BenchArgs {
     /// Extra rows, each a backend with tuned settings, interleaved with the others:
     /// `NAME:KEY=VALUE[,KEY=VALUE...]` (repeatable). Keys: base (io-uring, io-uring-buffered,
     /// tokio), sq-entries, max-batch, gather-us, registered-buffers, registered-buffer-bytes,
-    /// iowq-workers, sqpoll-ms, spin-us, task-run (best, coop, plain), direct (true, false),
+    /// iowq-workers, sqpoll-ms, spin-us, ring-cpu, task-run (best, coop, plain), direct (true,
+    /// false),
     /// flush-ms (BufferedWal interval of the group-commit workloads), compact (true: the
     /// durable-append workloads purge what lies two segments behind every 256 appends).
     #[arg(long = "variant")]

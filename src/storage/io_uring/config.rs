@@ -117,6 +117,9 @@ pub struct IoUringConfig {
     pub idle_spin_us: u32,
     /// The completion task-running mode asked of the kernel; default [`TaskRun::Best`].
     pub task_run: TaskRun,
+    /// Pins the ring thread to this CPU (one the process may run on, else
+    /// `WalError::InvalidConfig`); default `None`: the scheduler places it.
+    pub ring_cpu: Option<u32>,
 }
 
 /// How the kernel runs completion work for the ring (io_uring setup flags).
@@ -145,6 +148,7 @@ impl Default for IoUringConfig {
             direct_io: true,
             idle_spin_us: DEFAULT_IDLE_SPIN_US,
             task_run: TaskRun::Best,
+            ring_cpu: None,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! thread and shutdown), `file` (the `StorageFile`), `config` (limits and errors).
 //! `unsafe` exists only in this module.
 
+mod affinity;
 mod aligned;
 mod config;
 mod file;

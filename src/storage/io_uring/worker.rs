@@ -4,6 +4,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use super::affinity;
 use super::config::{setup_error, IoUringConfig};
 use super::ring::Ring;
 use super::shared::Shared;
@@ -24,6 +25,9 @@ impl Worker {
     /// Starts the ring thread and waits until its ring exists (or failed to).
     pub(crate) fn start(config: &IoUringConfig) -> WalResult<Worker> {
         config.validate()?;
+        if let Some(cpu) = config.ring_cpu {
+            affinity::check_cpu(cpu)?;
+        }
         let (ring_sender, ring_receiver) = mpsc::sync_channel::<Result<Ring, i32>>(1);
         let (shared_sender, shared_receiver) = mpsc::sync_channel::<Arc<Shared>>(1);
         let thread_config = config.clone();
@@ -100,6 +104,16 @@ fn ring_thread(
     ring_sender: &mpsc::SyncSender<Result<Ring, i32>>,
     shared_receiver: &mpsc::Receiver<Arc<Shared>>,
 ) {
+    if let Some(cpu) = config.ring_cpu {
+        // Checked by `Worker::start`; should the kernel still refuse, run unpinned.
+        if let Err(errno) = affinity::pin_current_thread(cpu) {
+            tracing::warn!(
+                cpu,
+                errno,
+                "cannot pin the io_uring ring thread; it runs unpinned"
+            );
+        }
+    }
     let ring = Ring::create(config);
     let created = ring.is_ok();
     if ring_sender.send(ring).is_err() || !created {

@@ -4,6 +4,7 @@
 //! Syntax: `NAME:KEY=VALUE[,KEY=VALUE...]`. `base` picks the backend (`io-uring`, the default;
 //! `io-uring-buffered`; `tokio`); the io_uring keys are `sq-entries`, `max-batch`, `gather-us`,
 //! `registered-buffers`, `registered-buffer-bytes`, `iowq-workers`, `sqpoll-ms`, `spin-us`,
+//! `ring-cpu`,
 //! `task-run` (`best`, `coop`, `plain`) and `direct` (`true`, `false`); `flush-ms` sets the
 //! BufferedWal flush interval of the group-commit workloads (default: 0 where every append
 //! waits, 10 for buffered-throughput); `compact=true` makes the durable-append workloads purge
@@ -38,6 +39,7 @@ pub enum IoUringKey {
     TaskRun,
     /// 0 buffered, 1 direct.
     Direct,
+    RingCpu,
 }
 
 /// One row of the comparison.
@@ -109,6 +111,7 @@ pub fn parse(text: &str) -> Result<Contender, Failure> {
             "iowq-workers" => IoUringKey::IowqWorkers,
             "sqpoll-ms" => IoUringKey::SqpollMs,
             "spin-us" => IoUringKey::SpinUs,
+            "ring-cpu" => IoUringKey::RingCpu,
             "task-run" => {
                 let mode = match value {
                     "best" => 0,
@@ -164,6 +167,7 @@ pub fn apply(config: &mut helix_wal::IoUringConfig, settings: &[(IoUringKey, u32
                 }
             }
             IoUringKey::Direct => config.direct_io = value != 0,
+            IoUringKey::RingCpu => config.ring_cpu = Some(value),
         }
     }
 }
