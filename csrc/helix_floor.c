@@ -205,6 +205,19 @@ static int shim_has_pending(void *context)
     return atomic_load_explicit(&run->queued, memory_order_acquire) != NULL;
 }
 
+/* The hooks of a run: its one-request queue, and `complete`. */
+static struct helix_ring_hooks shim_hooks(struct shim_run *run,
+                                          void (*complete)(void *, struct helix_request *))
+{
+    struct helix_ring_hooks hooks = {
+        .context = run,
+        .pop = shim_pop,
+        .has_pending = shim_has_pending,
+        .complete = complete,
+    };
+    return hooks;
+}
+
 /* Points the request at the next slot of the file and queues it. */
 static void shim_queue_next(struct shim_run *run)
 {
@@ -271,12 +284,7 @@ static void *shim_ring_thread(void *argument)
         abort();
     if (run->ring_result < 0)
         return NULL;
-    struct helix_ring_hooks hooks = {
-        .context = run,
-        .pop = shim_pop,
-        .has_pending = shim_has_pending,
-        .complete = shim_complete_handoff,
-    };
+    struct helix_ring_hooks hooks = shim_hooks(run, shim_complete_handoff);
     run->ring_result = helix_ring_run(run->ring, &hooks);
     return NULL;
 }
@@ -331,12 +339,7 @@ static int shim_run_inline(struct shim_run *run)
     int ret = helix_ring_create(run->config, &run->ring);
     if (ret < 0)
         return ret;
-    struct helix_ring_hooks hooks = {
-        .context = run,
-        .pop = shim_pop,
-        .has_pending = shim_has_pending,
-        .complete = shim_complete_inline,
-    };
+    struct helix_ring_hooks hooks = shim_hooks(run, shim_complete_inline);
     run->started_ns = now_ns();
     shim_queue_next(run);
     ret = helix_ring_run(run->ring, &hooks);

@@ -831,11 +831,12 @@ static int spin_for_work(struct helix_ring *ring, const struct helix_ring_hooks 
     uint64_t deadline = monotonic_us() + ring->idle_spin_us;
     do {
         for (int i = 0; i < SPIN_CHECKS_PER_CLOCK_READ; i++) {
-            if (hooks->has_pending(hooks->context) ||
-                atomic_load_explicit(&ring->stop, memory_order_relaxed)) {
+            if (hooks->has_pending(hooks->context)) {
                 bump(&ring->counters.spins_rewarded, 1);
                 return 1;
             }
+            if (atomic_load_explicit(&ring->stop, memory_order_relaxed))
+                return 1;
             spin_pause();
         }
     } while (monotonic_us() < deadline);

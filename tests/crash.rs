@@ -777,18 +777,14 @@ fn power_loss_io_uring_buffered() {
 #[cfg(feature = "sabotage")]
 #[test]
 fn power_loss_catches_a_writer_that_skips_fsync() {
-    let Some(probe) = tempfile::tempdir().ok().and_then(|dir| {
-        let disk = LoopDisk::create(dir.path());
-        disk.map(|disk| (disk, dir))
-    }) else {
-        return;
-    };
-    drop(probe);
     let caught = std::panic::catch_unwind(|| {
         crash_repeatedly("tokio", Crash::Power, DEFAULT_POWER_CUTS, true)
     });
-    let Err(panic) = caught else {
-        panic!("{DEFAULT_POWER_CUTS} power cuts did not catch a writer that never syncs");
+    let panic = match caught {
+        // The machine cannot mount (already said loudly, and allowed): nothing ran.
+        Ok(tally) if tally.crashes == 0 => return,
+        Ok(_) => panic!("{DEFAULT_POWER_CUTS} power cuts did not catch a writer that never syncs"),
+        Err(panic) => panic,
     };
     let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(

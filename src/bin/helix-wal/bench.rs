@@ -183,7 +183,7 @@ impl Backend {
 
     /// True for the C-level floors and the file-level loops, which run the single-durable
     /// workload only (they have no log).
-    fn is_floor(self) -> bool {
+    fn single_durable_only(self) -> bool {
         !matches!(
             self,
             Backend::Tokio | Backend::NaiveTokioFs | Backend::IoUring | Backend::IoUringBuffered
@@ -389,7 +389,7 @@ pub async fn run(args: BenchArgs) -> Result<(), Failure> {
             for (position, contender) in backends.iter().enumerate() {
                 let backend = &contender.backend;
                 progress.set_message(format!("{} on {}", workload.name(), contender.name));
-                let (sample, ring) = if backend.is_floor() {
+                let (sample, ring) = if backend.single_durable_only() {
                     if *workload != Workload::SingleDurable {
                         progress.inc(1);
                         continue;

@@ -87,9 +87,8 @@ impl Ring {
 
 impl Drop for Ring {
     fn drop(&mut self) {
-        // SAFETY: `Ring` is the only owner, and it is dropped only after the ring thread
-        // returned from `run` (the thread holds a reference to the `Shared` that owns the
-        // ring until it exits), so nothing else uses the pointer.
+        // The ring thread holds a reference to the `Shared` that owns the ring until it exits.
+        // SAFETY: `Ring` is the only owner and drops only after `run` returned: no other user.
         unsafe { sys::helix_ring_destroy(self.raw.as_ptr()) }
     }
 }
