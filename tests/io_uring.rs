@@ -575,8 +575,21 @@ async fn sqpoll_is_used_or_falls_back() {
 // Proves the idle spin: a ring thread that polls its queue for a while before sleeping takes
 // requests queued meanwhile without being woken (spins_rewarded counts them), and every
 // operation still completes with the right data; without the spin nothing is counted.
+//
+// Each request is queued a fixed pause after the previous one completed. The pause is far longer
+// than the ring thread needs to go from reaping a completion to looking for work (a few
+// microseconds), so the ring is idle when the request arrives; and far shorter than the spin, so
+// a spinning ring is still looking. Without the pause a fast producer's request is often already
+// queued when the ring looks, and the spin is never needed: that is what the test must not
+// depend on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_spin_takes_requests_without_a_wake_up() {
+    const ROUNDS: u64 = 64;
+    const PAUSE: Duration = Duration::from_micros(150);
+    const _: () = assert!(
+        (PAUSE.as_micros() as u32) * 4 < helix_wal::io_uring_limits::MAX_IDLE_SPIN_US,
+        "the pause must fit well inside the spin"
+    );
     for spin_us in [0, helix_wal::io_uring_limits::MAX_IDLE_SPIN_US] {
         let config = IoUringConfig {
             idle_spin_us: spin_us,
@@ -587,12 +600,14 @@ async fn an_idle_spin_takes_requests_without_a_wake_up() {
         };
         harness.storage.create_dir_all(&harness.dir).await.unwrap();
         let file = harness.storage.open(&harness.dir.join("a")).await.unwrap();
-        for round in 0..64u64 {
+        for round in 0..ROUNDS {
             let data = Bytes::from(pattern(round as u32, 512));
+            // Blocking on purpose: a timer would round up to a millisecond, past the spin.
+            std::thread::sleep(PAUSE);
             file.write_at(round * 512, data).await.unwrap();
         }
-        let read = file.read_at(0, 64 * 512).await.unwrap();
-        for round in 0..64usize {
+        let read = file.read_at(0, ROUNDS as usize * 512).await.unwrap();
+        for round in 0..ROUNDS as usize {
             assert_eq!(
                 &read[round * 512..(round + 1) * 512],
                 &pattern(round as u32, 512)[..]
@@ -601,10 +616,13 @@ async fn an_idle_spin_takes_requests_without_a_wake_up() {
         let stats = wait_until_idle(&storage).await;
         if spin_us == 0 {
             assert_eq!(stats.spins_rewarded, 0, "{stats:?}");
+            // The ring slept through each pause, so most requests needed a wake-up.
+            assert!(stats.wakeups_sent >= ROUNDS / 2, "{stats:?}");
         } else {
-            // 65 requests, each queued by a task right after the previous one completed:
-            // a 1 ms spin catches them (not every one: the task may be descheduled).
-            assert!(stats.spins_rewarded > 0, "{stats:?}");
+            // Most pauses end inside the spin (64 of 64 on an idle 2-vCPU machine, 51 or more
+            // with both vCPUs busy elsewhere); a round is missed only when this thread is
+            // descheduled for the rest of the millisecond.
+            assert!(stats.spins_rewarded >= ROUNDS / 4, "{stats:?}");
         }
     }
 }
