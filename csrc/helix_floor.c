@@ -148,7 +148,8 @@ static int run_loop(int fd, uint32_t mode, struct io_uring *ring, uint8_t *buffe
     int ret = 0;
     while (done < max_operations) {
         uint64_t began = now_ns();
-        if (began - started >= duration_ns)
+        /* At least one operation per run, so every run has figures. */
+        if (done > 0 && began - started >= duration_ns)
             break;
         uint64_t offset = (done % slots) * length;
         if (is_uring(mode))
@@ -292,7 +293,9 @@ static void *shim_ring_thread(void *argument)
 /* The submitting thread's loop: hand a write over, sleep until it is durable, repeat. */
 static int shim_submit_loop(struct shim_run *run)
 {
-    while (run->done < run->max_operations && now_ns() - run->started_ns < run->duration_ns) {
+    /* At least one operation per run, so every run has figures. */
+    while (run->done < run->max_operations &&
+           (run->done == 0 || now_ns() - run->started_ns < run->duration_ns)) {
         shim_queue_next(run);
         helix_ring_notify(run->ring);
         int ret = shim_wait(run);

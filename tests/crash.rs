@@ -5,7 +5,9 @@
 //! checks that every entry reported durable is there byte for byte, that every entry it can read
 //! is intact (checksummed, contiguous, terms never decreasing), that truncated and purged entries
 //! stay gone, and that the log takes a durable append; then the next child continues the same
-//! log. Alternate kills run a plain `Wal` and a `BufferedWal` with concurrent appenders.
+//! log. Alternate kills run a plain `Wal` and a `BufferedWal` with concurrent appenders. Every
+//! fourth kill waits for the plain writer to report that it went idle with unsynced entries
+//! written, the moment a power cut surely loses something.
 //!
 //! `HELIX_CRASH_KILLS` sets the kills per backend (default 200). The OS keeps everything a
 //! killed process wrote: a process crash loses nothing a write returned, and these tests check
@@ -53,6 +55,14 @@ const IMAGE_SIZE_BYTES: u64 = 64 << 20;
 const READY_LIMIT: Duration = Duration::from_secs(30);
 /// A child is killed this long after it is ready, at most (uniformly random below it).
 const MAX_RUN_MS: u64 = 40;
+/// A plain child's report that it went idle with unsynced entries written.
+const IDLE: &str = "IDLE";
+/// Every this many kills (all of them of a plain child), the kill waits for the child to go idle
+/// with unsynced entries, so that a power cut surely finds some to lose; the others land at
+/// random moments.
+const IDLE_KILL_EVERY: u64 = 4;
+/// How long a kill waits for the child to go idle before it kills anyway.
+const IDLE_WAIT_LIMIT: Duration = Duration::from_secs(5);
 /// Segments small enough that a child rotates every few appends.
 const SEGMENT_SIZE_BYTES: u64 = 64 << 10;
 /// Largest payload a child appends.
@@ -203,9 +213,11 @@ async fn plain_writer(
                     }
                     unsynced.extend(batch);
                     // Sometimes the writer goes idle with unsynced entries in the page cache,
-                    // where a power cut finds them (an fsync under way would flush them).
+                    // where a power cut finds them (an fsync under way would flush them); it
+                    // says so, and some kills wait for that moment.
                     if choices.below(2) == 0 {
                         let idle = Duration::from_micros(500 + choices.below(3000));
+                        report(IDLE.to_string());
                         tokio::time::sleep(idle).await;
                     }
                     continue;
@@ -327,13 +339,22 @@ impl Model {
     }
 }
 
-/// Runs one child until a random moment, kills it, and returns its report.
+/// When a kill lands.
+#[derive(Clone, Copy, Debug)]
+enum KillAt {
+    /// This long after the child is ready.
+    Random { run_ms: u64 },
+    /// At the first idle report the child makes this long after it is ready.
+    Idle { run_ms: u64 },
+}
+
+/// Runs one child until the moment `at` says, kills it, and returns its report.
 fn run_and_kill(
     backend: &str,
     mode: &str,
     dir: &Path,
     seed: u64,
-    run_ms: u64,
+    at: KillAt,
     sabotage: bool,
 ) -> Vec<String> {
     let mut command = Command::new(std::env::current_exe().expect("test binary"));
@@ -391,7 +412,27 @@ fn run_and_kill(
             }
         }
     }
-    std::thread::sleep(Duration::from_millis(run_ms));
+    match at {
+        KillAt::Random { run_ms } => std::thread::sleep(Duration::from_millis(run_ms)),
+        KillAt::Idle { run_ms } => {
+            std::thread::sleep(Duration::from_millis(run_ms));
+            report.extend(lines.try_iter());
+            let deadline = Instant::now() + IDLE_WAIT_LIMIT;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                // A child that never goes idle in time is killed anyway (the tally counts the
+                // kills that did land on an idle moment).
+                let Ok(line) = lines.recv_timeout(left) else {
+                    break;
+                };
+                let idle = line == IDLE;
+                report.push(line);
+                if idle {
+                    break;
+                }
+            }
+        }
+    }
     child.kill().expect("SIGKILL the child");
     let output = child.wait_with_output().expect("reap the child");
     reader.join().expect("reader");
@@ -477,6 +518,8 @@ struct Tally {
     crashes: u64,
     /// Facts the children reported.
     reported: usize,
+    /// Crashes whose last report was the child going idle with unsynced entries written.
+    idle_kills: u64,
     /// Crashes that landed while a purge or truncation was under way (its start reported, not
     /// its end).
     mid_purge: u64,
@@ -523,8 +566,14 @@ fn crash_repeatedly(backend: &str, crash: Crash, crashes: u64, sabotage: bool) -
     for kill in 0..crashes {
         let mode = if kill % 2 == 0 { "plain" } else { "buffered" };
         let run_ms = 1 + choices.below(MAX_RUN_MS);
-        let report = run_and_kill(backend, mode, &dir, kill + 1, run_ms, sabotage);
+        let at = if kill % IDLE_KILL_EVERY == 0 {
+            KillAt::Idle { run_ms }
+        } else {
+            KillAt::Random { run_ms }
+        };
+        let report = run_and_kill(backend, mode, &dir, kill + 1, at, sabotage);
         tally.reported += report.len();
+        tally.idle_kills += u64::from(report.last().is_some_and(|line| line == IDLE));
         match report
             .last()
             .and_then(|line| line.split_whitespace().next())
@@ -538,7 +587,7 @@ fn crash_repeatedly(backend: &str, crash: Crash, crashes: u64, sabotage: bool) -
             disk.cut_power();
         }
         if traced {
-            println!("{crash:?} crash {kill} ({mode}, {run_ms} ms): {report:?}");
+            println!("{crash:?} crash {kill} ({mode}, {at:?}): {report:?}");
         }
         let lost = runtime.block_on(verify(backend, &dir, &mut model, kill));
         tally.lost_written += lost;
@@ -548,11 +597,12 @@ fn crash_repeatedly(backend: &str, crash: Crash, crashes: u64, sabotage: bool) -
     drop(disk);
     drop(temporary);
     println!(
-        "{backend}: {} {crash:?} crashes in {:.1} s ({} mid-purge, {} mid-truncate), {} facts \
-         reported by the children, none lost; {} written-but-unsynced entries missing after {} \
-         crashes",
+        "{backend}: {} {crash:?} crashes in {:.1} s ({} while idle with unsynced entries, {} \
+         mid-purge, {} mid-truncate), {} facts reported by the children, none lost; {} \
+         written-but-unsynced entries missing after {} crashes",
         tally.crashes,
         started.elapsed().as_secs_f64(),
+        tally.idle_kills,
         tally.mid_purge,
         tally.mid_truncate,
         tally.reported,

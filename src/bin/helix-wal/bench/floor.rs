@@ -123,11 +123,15 @@ pub(super) async fn file_loop(
     // A spawned task, as the log workloads' writers are: the same runtime threads take part.
     let writer = tokio::spawn(async move {
         let mut latencies_ns = Vec::new();
-        while started.elapsed() < duration {
+        // At least one write per run, however late the task starts.
+        loop {
             let began = Instant::now();
             let offset = (latencies_ns.len() as u64 % slots) * write_bytes;
             file.write_at_and_sync(offset, data.clone()).await?;
             latencies_ns.push(began.elapsed().as_nanos() as u64);
+            if started.elapsed() >= duration {
+                break;
+            }
         }
         Ok::<_, helix_wal::WalError>(latencies_ns)
     });
