@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -79,6 +80,15 @@ struct ring_counters {
     _Atomic uint64_t fsyncs_submitted;
 };
 
+/* The ring's file table, for held files (HELIX_OP_HOLD_FILE). */
+struct held_files {
+    uint32_t slots;
+    int32_t *free_slots;
+    uint32_t free_count;
+    int32_t error;
+    _Atomic uint64_t held;
+};
+
 struct buffer_pool {
     uint8_t *memory;
     uint32_t count;
@@ -120,6 +130,7 @@ struct helix_ring {
     _Atomic int stop;
     _Atomic int short_write_armed;
     struct buffer_pool pool;
+    struct held_files held;
     /* Two pages, the second unreadable: source of simulated short writes (test hook). */
     uint8_t *trap;
     size_t page_bytes;
@@ -257,6 +268,66 @@ static void register_pool(struct helix_ring *ring, const struct helix_ring_confi
 
 /* Raises the io-wq worker limits: buffered writes and every fsync run on io-wq workers, and
  * the kernel's default allows few of them per ring on a small machine. Best effort. */
+/* Registers an empty file table for held files. A refusal (kernels before 5.19, a low
+ * RLIMIT_NOFILE) is not an error: HELIX_OP_HOLD_FILE then fails with the refusal's errno. */
+static void register_held_files(struct helix_ring *ring)
+{
+    struct held_files *held = &ring->held;
+    uint32_t slots = HELIX_MAX_HELD_FILES;
+    struct rlimit limit;
+    if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < slots)
+        slots = (uint32_t)limit.rlim_cur;
+    held->free_slots = calloc(slots ? slots : 1, sizeof(*held->free_slots));
+    if (!held->free_slots) {
+        held->error = -ENOMEM;
+        return;
+    }
+    int ret = slots ? io_uring_register_files_sparse(&ring->uring, slots) : -EMFILE;
+    if (ret < 0) {
+        held->error = ret;
+        return;
+    }
+    held->slots = slots;
+    /* Lowest slot first. */
+    for (uint32_t i = 0; i < slots; i++)
+        held->free_slots[i] = (int32_t)(slots - 1 - i);
+    held->free_count = slots;
+}
+
+static int hold_file(struct helix_ring *ring, struct helix_request *request)
+{
+    struct held_files *held = &ring->held;
+    if (held->slots == 0)
+        return held->error ? held->error : -EOPNOTSUPP;
+    if (held->free_count == 0)
+        return -EMFILE;
+    int32_t slot = held->free_slots[held->free_count - 1];
+    int fd = request->fd;
+    int ret = io_uring_register_files_update(&ring->uring, (unsigned)slot, &fd, 1);
+    if (ret < 0)
+        return ret;
+    if (ret != 1)
+        return -EIO;
+    held->free_count--;
+    request->done = (uint64_t)slot;
+    bump(&held->held, 1);
+    return 0;
+}
+
+static int release_file(struct helix_ring *ring, struct helix_request *request)
+{
+    struct held_files *held = &ring->held;
+    if (request->offset >= held->slots)
+        return -EBADF;
+    int empty = -1;
+    int ret = io_uring_register_files_update(&ring->uring, (unsigned)request->offset, &empty, 1);
+    if (ret < 0)
+        return ret;
+    held->free_slots[held->free_count++] = (int32_t)request->offset;
+    atomic_fetch_sub_explicit(&held->held, 1, memory_order_relaxed);
+    return 0;
+}
+
 static void raise_iowq_workers(struct helix_ring *ring, uint32_t workers)
 {
     if (workers == 0)
@@ -286,6 +357,7 @@ static void release_resources(struct helix_ring *ring)
         munmap(ring->trap, 2 * ring->page_bytes);
     if (ring->wake_fd >= 0)
         close(ring->wake_fd);
+    free(ring->held.free_slots);
     free(ring->pool.free_indices);
     free(ring->pool.memory);
     free(ring);
@@ -321,6 +393,7 @@ int helix_ring_create(const struct helix_ring_config *config, struct helix_ring 
         return ret;
     }
     register_pool(ring, config);
+    register_held_files(ring);
     raise_iowq_workers(ring, config->iowq_max_workers);
     *out = ring;
     return 0;
@@ -398,6 +471,9 @@ void helix_ring_read_stats(const struct helix_ring *ring, struct helix_ring_stat
     out->setup_flags = ring->setup_flags;
     out->registered_buffers = ring->pool.count;
     out->registration_error = ring->pool.registration_error;
+    out->held_file_slots = ring->held.slots;
+    out->held_files_error = ring->held.error;
+    out->held_files = read_counter(&ring->held.held);
     out->max_requests = ring->max_requests;
 }
 
@@ -606,6 +682,12 @@ static void start_request(struct helix_ring *ring, const struct helix_ring_hooks
     ring->in_flight++;
     atomic_store_explicit(&ring->counters.in_flight, ring->in_flight, memory_order_relaxed);
     bump(&ring->counters.requests_started, 1);
+    if (request->opcode == HELIX_OP_HOLD_FILE || request->opcode == HELIX_OP_RELEASE_FILE) {
+        request->result = request->opcode == HELIX_OP_HOLD_FILE ? hold_file(ring, request)
+                                                                 : release_file(ring, request);
+        finish_request(ring, hooks, request);
+        return;
+    }
     int transfers = request->opcode == HELIX_OP_READ || request->opcode == HELIX_OP_WRITE;
     if (transfers && request->len == 0) {
         finish_request(ring, hooks, request);

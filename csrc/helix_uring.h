@@ -32,7 +32,18 @@ enum helix_opcode {
     /* Write all of `buf` then fdatasync, as a linked pair; succeeds only after an fsync that
      * covers the whole write. */
     HELIX_OP_WRITE_FSYNC = 4,
+    /* Hold a reference to the open file `fd` in the ring's own file table (the caller may close
+     * `fd` afterwards); `done` returns the slot. The kernel drops that reference only when the
+     * slot is released or, once the ring is gone, after every request the ring had in flight
+     * has finished: also when the process dies. A lock held through that open file (flock)
+     * therefore outlives the process's last direct write. Completes at once, without an SQE. */
+    HELIX_OP_HOLD_FILE = 5,
+    /* Release the file held in slot `offset`. Completes at once, without an SQE. */
+    HELIX_OP_RELEASE_FILE = 6,
 };
+
+/* Slots of the ring's file table for HELIX_OP_HOLD_FILE (fewer when RLIMIT_NOFILE is lower). */
+#define HELIX_MAX_HELD_FILES 1024
 
 /*
  * One request. The memory belongs to the caller; it must stay valid and untouched from the
@@ -139,6 +150,11 @@ struct helix_ring_stats {
     uint32_t registered_buffers;
     /* Error of buffer registration (negative errno) or 0. */
     int32_t registration_error;
+    /* Slots for held files (0 when the kernel refused the file table), the error of that
+     * refusal (negative errno, or 0), and the files held now. */
+    uint32_t held_file_slots;
+    int32_t held_files_error;
+    uint64_t held_files;
     /* Largest number of requests this ring keeps in flight (CQ overflow bound). */
     uint32_t max_requests;
 };

@@ -67,9 +67,11 @@ pub enum WalError {
 
     /// Another log holds the directory's lock.
     #[error(
-        "the log in {} is open elsewhere (another process, or another Wal in this one); close it \
-         first: two writers would destroy each other's segments",
-        dir.display()
+        "the log in {} is open elsewhere (another process, or another Wal in this one), still \
+         after waiting {} ms for its lock; close it first: two writers would destroy each \
+         other's segments",
+        dir.display(),
+        crate::limits::LOCK_WAIT_MS
     )]
     Locked {
         /// The log's directory.

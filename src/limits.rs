@@ -17,6 +17,15 @@ pub const MAX_WRITE_ALIGNMENT_BYTES: usize = SEGMENT_HEADER_SIZE_BYTES;
 /// is shorter than two alignment units.
 pub const MAX_PADDING_PAYLOAD_BYTES: usize = 2 * MAX_WRITE_ALIGNMENT_BYTES;
 
+/// How long opening a log waits for a directory lock held elsewhere before it fails with
+/// `WalError::Locked`. A lock is held elsewhere either by a live writer (the wait only delays
+/// the error) or by a process that just died, whose lock the io_uring backend keeps until the
+/// kernel has finished the process's in-flight writes: milliseconds, or up to a second under
+/// heavy load, so the successor rides that out instead of failing.
+pub const LOCK_WAIT_MS: u64 = 2_000;
+/// Pause between two attempts to take a directory lock held elsewhere.
+pub const LOCK_RETRY_INTERVAL_MS: u64 = 1;
+
 /// Records start at multiples of this alignment, so headers never straddle it and a scan for
 /// records after damage only has to look at aligned offsets.
 pub const RECORD_ALIGNMENT_BYTES: usize = 8;

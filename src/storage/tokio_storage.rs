@@ -142,6 +142,15 @@ impl Storage for TokioStorage {
     }
 
     async fn lock_dir(&self, dir: &Path) -> WalResult<DirLock> {
+        // The lock lives as long as the open file.
+        Ok(DirLock::holding(self.lock_file(dir).await?))
+    }
+}
+
+impl TokioStorage {
+    /// Opens (creating it if needed) the lock file of `dir` and takes its exclusive `flock`,
+    /// held until the returned file is closed (or the process dies).
+    pub(crate) async fn lock_file(&self, dir: &Path) -> WalResult<File> {
         let path = dir.join(LOCK_FILE_NAME);
         let owned = path.clone();
         let file = blocking("lock", &path, move || {
@@ -162,8 +171,7 @@ impl Storage for TokioStorage {
                 WalError::io("lock", &path, source)
             }
         })?;
-        // The lock lives as long as the open file.
-        Ok(DirLock::holding(file))
+        Ok(file)
     }
 }
 

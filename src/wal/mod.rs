@@ -13,8 +13,8 @@ use crate::format::{
     commit_padding, encode_padding, encode_record, record_size, CommitPadding, Entry, SegmentHeader,
 };
 use crate::limits::{
-    HARD_MAX_ENTRY_SIZE_BYTES, HARD_MAX_READ_RANGE_BYTES, MAX_LOG_INDEX, MAX_WRITE_ALIGNMENT_BYTES,
-    RECOVERY_READ_CHUNK_BYTES, RECYCLED_SEGMENTS_KEPT,
+    HARD_MAX_ENTRY_SIZE_BYTES, HARD_MAX_READ_RANGE_BYTES, LOCK_RETRY_INTERVAL_MS, LOCK_WAIT_MS,
+    MAX_LOG_INDEX, MAX_WRITE_ALIGNMENT_BYTES, RECOVERY_READ_CHUNK_BYTES, RECYCLED_SEGMENTS_KEPT,
 };
 use crate::sabotage::{is_on, Sabotage};
 use crate::stats::{WalCounters, WalStats};
@@ -120,7 +120,7 @@ impl<S: Storage + Clone> Wal<S> {
             DirLock::none()
         } else {
             recovery::create_log_dir(&storage, &config.dir).await?;
-            storage.lock_dir(&config.dir).await?
+            lock_patiently(&storage, &config.dir).await?
         };
         let recovered = recovery::recover(&storage, &config, read_only).await?;
         let mut wal = Wal {
@@ -881,5 +881,20 @@ fn chunk_end(segment: &Segment, from: u64, to: u64) -> u64 {
 impl<S: Storage + Clone> Drop for Wal<S> {
     fn drop(&mut self) {
         self.abandon_spare();
+    }
+}
+
+/// Takes the directory lock, retrying for up to [`LOCK_WAIT_MS`] while it is held elsewhere:
+/// a predecessor that just died may hold it until the kernel has finished its last writes.
+async fn lock_patiently<S: Storage>(storage: &S, dir: &std::path::Path) -> WalResult<DirLock> {
+    // Tokio's clock, so that a test with a paused clock does not spin through real time.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(LOCK_WAIT_MS);
+    loop {
+        match storage.lock_dir(dir).await {
+            Err(WalError::Locked { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(LOCK_RETRY_INTERVAL_MS)).await;
+            }
+            other => return other,
+        }
     }
 }

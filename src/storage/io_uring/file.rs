@@ -123,6 +123,7 @@ impl IoUringFile {
             opcode,
             offset,
             owned,
+            fd: None,
         }
     }
 
@@ -175,6 +176,7 @@ impl StorageFile for IoUringFile {
                 read_buffer: vec![0; len],
                 ..self.owned()
             },
+            fd: None,
         };
         let outcome = self.run("read", request).await?;
         let mut buffer = outcome.owned.read_buffer;
@@ -218,6 +220,7 @@ impl StorageFile for IoUringFile {
             opcode: sys::HELIX_OP_FSYNC,
             offset: 0,
             owned: self.owned(),
+            fd: None,
         };
         self.mutate("fsync", request).await
     }

@@ -22,6 +22,7 @@ mod sys;
 mod worker;
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -31,7 +32,7 @@ use async_trait::async_trait;
 pub use config::{IoUringConfig, TaskRun};
 use file::IoUringFile;
 pub use floor::{run_c_floor, CFloorMode, CFloorRun};
-use shared::SHUTDOWN_WHAT;
+use shared::{Owned, Request, SHUTDOWN_WHAT};
 use worker::Worker;
 
 use super::{Storage, StorageFile, TokioStorage};
@@ -70,6 +71,8 @@ pub struct IoUringWorkerStorage {
     direct_io_refused: Arc<AtomicBool>,
     /// Test hook: open files as if the filesystem refused `O_DIRECT`.
     refuse_direct_io: Arc<AtomicBool>,
+    /// Set once a directory lock could not be held by the ring (logged once).
+    lock_not_held_logged: Arc<AtomicBool>,
 }
 
 /// A snapshot of the backend's counters ([`IoUringWorkerStorage::stats`]).
@@ -126,6 +129,13 @@ pub struct IoUringStats {
     pub registration_errno: Option<i32>,
     /// The most requests the ring holds at once (bounded by its completion queue).
     pub max_in_flight: u32,
+    /// Slots of the ring's own file table for directory locks (0 when the kernel refused it:
+    /// locks are then plain `flock`s that a killed process's in-flight writes can outlive).
+    pub held_file_slots: u32,
+    /// The errno with which the kernel refused that table.
+    pub held_files_errno: Option<i32>,
+    /// Directory locks the ring holds now.
+    pub held_files: u64,
     /// The most requests handed to the ring thread and not yet completed at once (at most
     /// `max_in_flight`).
     pub in_flight_peak: u64,
@@ -166,6 +176,9 @@ impl IoUringStats {
             registered_buffers: raw.registered_buffers,
             registration_errno: (raw.registration_error < 0).then_some(-raw.registration_error),
             max_in_flight: raw.max_requests,
+            held_file_slots: raw.held_file_slots,
+            held_files_errno: (raw.held_files_error < 0).then_some(-raw.held_files_error),
+            held_files: raw.held_files,
             ..IoUringStats::default()
         }
     }
@@ -189,6 +202,7 @@ impl IoUringWorkerStorage {
             direct_io: config.direct_io,
             direct_io_refused: Arc::new(AtomicBool::new(false)),
             refuse_direct_io: Arc::new(AtomicBool::new(false)),
+            lock_not_held_logged: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -415,7 +429,52 @@ impl Storage for IoUringWorkerStorage {
         self.metadata.sync_dir(dir).await
     }
 
+    /// The `flock` of [`TokioStorage`], with the open lock file also held in the ring's own
+    /// file table. Were the process killed, the kernel finishes its in-flight direct writes
+    /// after the process is gone, and drops the ring's reference (releasing the lock) only
+    /// then: a successor cannot lock the directory, recover and write while a late write of
+    /// its predecessor may still land on the blocks it writes. Where the kernel refuses the
+    /// table (before 5.19), the plain `flock` is kept and the gap is logged once.
     async fn lock_dir(&self, dir: &Path) -> WalResult<crate::storage::DirLock> {
-        self.metadata.lock_dir(dir).await
+        self.check_open()?;
+        let file = self.metadata.lock_file(dir).await?;
+        let request = Request {
+            opcode: sys::HELIX_OP_HOLD_FILE,
+            offset: 0,
+            owned: Owned::default(),
+            fd: Some(file.as_raw_fd()),
+        };
+        let outcome = self.worker.shared.execute(request).await?;
+        if outcome.result < 0 {
+            if !self.lock_not_held_logged.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    errno = -outcome.result,
+                    "the io_uring ring cannot hold directory locks (Linux 5.19 or later and \
+                     RLIMIT_NOFILE of at least 1 needed): a killed process's last direct \
+                     writes may land after a successor took the lock; restart a log's owner \
+                     only after a pause longer than the device's slowest write"
+                );
+            }
+            return Ok(crate::storage::DirLock::holding(file));
+        }
+        Ok(crate::storage::DirLock::holding(HeldLock {
+            slot: outcome.done,
+            worker: Arc::clone(&self.worker),
+            _file: file,
+        }))
+    }
+}
+
+/// A directory lock whose open file the ring holds too: releasing it drops the ring's
+/// reference (through the ring thread) and closes the file.
+struct HeldLock {
+    slot: u64,
+    worker: Arc<Worker>,
+    _file: std::fs::File,
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        self.worker.shared.release_held_file(self.slot);
     }
 }

@@ -22,7 +22,7 @@ use std::ffi::c_void;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -50,6 +50,9 @@ const STATE_ABANDONED: u8 = 3;
 /// An opcode no request has: completions that record no latency.
 const NO_OPERATION: u32 = 0;
 
+/// `user_data` of the ring thread's own release request (slot indices are `u32`).
+const RELEASE_TAG: u64 = u64::MAX;
+
 /// What shutdown errors name.
 pub(crate) const SHUTDOWN_WHAT: &str = "io_uring storage";
 
@@ -71,6 +74,9 @@ pub(crate) struct Request {
     pub(crate) opcode: u32,
     pub(crate) offset: u64,
     pub(crate) owned: Owned,
+    /// The descriptor to act on when the request has no file (`HELIX_OP_HOLD_FILE`); it must
+    /// stay open until the request completes.
+    pub(crate) fd: Option<i32>,
 }
 
 /// A finished request.
@@ -146,7 +152,22 @@ pub(crate) struct Shared {
     outstanding: AtomicU64,
     /// The most requests outstanding at once.
     outstanding_peak: Maximum,
+    /// File-table slots of held files to release (`HELIX_OP_RELEASE_FILE`), and how many there
+    /// are (read without the lock by the ring thread's `has_pending`).
+    releases: Mutex<Vec<u64>>,
+    releases_pending: AtomicUsize,
+    release_request: ReleaseRequest,
 }
+
+/// The request through which the ring thread releases held files.
+struct ReleaseRequest(UnsafeCell<sys::helix_request>);
+
+// SAFETY: only the ring thread touches the request: `hook_pop` fills it and hands it to the
+// shim, which completes a release at once, within the same call that took it, so it is never
+// handed out twice at a time. It points at no memory (`buf` is null).
+unsafe impl Sync for ReleaseRequest {}
+// SAFETY: as above; nothing in it is tied to a thread.
+unsafe impl Send for ReleaseRequest {}
 
 /// Latency histograms of the ring's operations, from the moment a request is handed to the ring
 /// thread until its completion reaches the hook (before the waiting task is woken).
@@ -212,7 +233,49 @@ impl Shared {
             latency: OperationLatency::default(),
             outstanding: AtomicU64::new(0),
             outstanding_peak: Maximum::default(),
+            releases: Mutex::new(Vec::new()),
+            releases_pending: AtomicUsize::new(0),
+            release_request: ReleaseRequest(UnsafeCell::new(sys::helix_request::default())),
         }
+    }
+
+    /// Asks the ring thread to release a file it holds (`HELIX_OP_HOLD_FILE`). Never waits:
+    /// the ring thread releases it on its next round. Were the ring stopped already, the kernel
+    /// drops every held file with the ring.
+    pub(crate) fn release_held_file(&self, slot: u64) {
+        self.releases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(slot);
+        self.releases_pending.fetch_add(1, Ordering::SeqCst);
+        self.ring.notify();
+    }
+
+    /// On the ring thread: the release request for the next file to release, if any.
+    fn pop_release(&self) -> Option<*mut sys::helix_request> {
+        if self.releases_pending.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
+        let slot = self
+            .releases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()?;
+        self.releases_pending.fetch_sub(1, Ordering::SeqCst);
+        let request = self.release_request.0.get();
+        // SAFETY: only the ring thread gets here, and the previous release completed before
+        // this pop (see `ReleaseRequest`).
+        unsafe {
+            *request = sys::helix_request {
+                opcode: sys::HELIX_OP_RELEASE_FILE,
+                offset: slot,
+                fd: -1,
+                user_data: RELEASE_TAG,
+                fixed_index: -1,
+                ..Default::default()
+            };
+        }
+        Some(request)
     }
 
     /// Nanoseconds since `epoch`.
@@ -291,13 +354,12 @@ impl Shared {
         raw.offset = request.offset;
         raw.buf = buf;
         raw.len = len as u64;
-        raw.fd = owned.file.as_ref().map_or(-1, |file| {
-            if request.opcode == sys::HELIX_OP_READ {
-                file.read_fd()
-            } else {
-                file.raw_fd()
-            }
-        });
+        raw.fd = match (&owned.file, request.fd) {
+            (Some(file), _) if request.opcode == sys::HELIX_OP_READ => file.read_fd(),
+            (Some(file), _) => file.raw_fd(),
+            (None, Some(fd)) => fd,
+            (None, None) => -1,
+        };
         raw.result = 0;
         raw.done = 0;
     }
@@ -477,6 +539,9 @@ unsafe fn shared_from(context: *mut c_void) -> &'static Shared {
 unsafe extern "C" fn hook_pop(context: *mut c_void) -> *mut sys::helix_request {
     // SAFETY: the shim passes back the context of `Shared::hooks`, alive during `run`.
     let shared = unsafe { shared_from(context) };
+    if let Some(release) = shared.pop_release() {
+        return release;
+    }
     match shared.queue.pop() {
         Some(index) => shared.slots[index as usize].request.get(),
         None => std::ptr::null_mut(),
@@ -491,7 +556,7 @@ unsafe extern "C" fn hook_pop(context: *mut c_void) -> *mut sys::helix_request {
 unsafe extern "C" fn hook_has_pending(context: *mut c_void) -> i32 {
     // SAFETY: as in `hook_pop`.
     let shared = unsafe { shared_from(context) };
-    i32::from(!shared.queue.is_empty())
+    i32::from(!shared.queue.is_empty() || shared.releases_pending.load(Ordering::SeqCst) != 0)
 }
 
 /// Hook: a request is finished.
@@ -503,10 +568,22 @@ unsafe extern "C" fn hook_has_pending(context: *mut c_void) -> i32 {
 unsafe extern "C" fn hook_complete(context: *mut c_void, request: *mut sys::helix_request) {
     // SAFETY: as in `hook_pop`.
     let shared = unsafe { shared_from(context) };
-    // SAFETY: the shim hands back a request it got from `hook_pop`, which points into a slot;
-    // the ring thread owns it until `on_complete` publishes it.
-    let (index, opcode) = unsafe { ((*request).user_data as u32, (*request).opcode) };
-    shared.on_complete(index, opcode);
+    // SAFETY: the shim hands back a request it got from `hook_pop`: the release request or
+    // one in a slot, which the ring thread owns until `on_complete` publishes it.
+    let (tag, opcode, result) =
+        unsafe { ((*request).user_data, (*request).opcode, (*request).result) };
+    if tag == RELEASE_TAG {
+        if result < 0 {
+            // The file stays held until the ring is gone: the directory stays locked for
+            // others until this process ends or the storage shuts down.
+            tracing::error!(
+                errno = -result,
+                "the io_uring ring could not release a directory lock"
+            );
+        }
+        return;
+    }
+    shared.on_complete(tag as u32, opcode);
 }
 
 /// Waits for a queued request's completion. Dropping it before completion abandons the slot to
