@@ -186,16 +186,26 @@ fn sabotage_every_thread(_builder: &mut tokio::runtime::Builder) {
 /// The child mode that locks a directory on the io_uring backend (direct I/O), puts many large
 /// writes in flight at once, reports when the kernel has them all, and waits to be killed.
 const FLOOD: &str = "flood";
-/// The file the flooding child writes, its writes and their size.
-const FLOOD_FILE: &str = "flood";
-const FLOOD_WRITES: u64 = 64;
-const FLOOD_WRITE_BYTES: u64 = 128 << 10;
-/// Kills of a flooding child per test.
-const FLOOD_ROUNDS: usize = 8;
-/// Size of the file system image the flooding child writes on.
-const FLOOD_IMAGE_BYTES: u64 = 256 << 20;
-/// The byte the flooding child's writes carry (the file starts as zeros).
-const FLOOD_BYTE: u8 = 0xA5;
+
+/// The flooding child's file, writes, rounds and disk.
+#[cfg(all(target_os = "linux", feature = "io-uring"))]
+mod flood {
+    /// The file the flooding child writes.
+    pub(crate) const FILE: &str = "flood";
+    /// Writes in flight at once: few enough that the kernel issues each to the device at once
+    /// (the device's queue holds them all) rather than handing some to its worker threads.
+    pub(crate) const WRITES: u64 = 64;
+    /// Size of each write.
+    pub(crate) const WRITE_BYTES: u64 = 128 << 10;
+    /// Kills of a flooding child per test.
+    pub(crate) const ROUNDS: usize = 8;
+    /// Size of the file system image the flooding child writes on.
+    pub(crate) const IMAGE_BYTES: u64 = 256 << 20;
+    /// The byte the flooding child's writes carry (the file starts as zeros).
+    pub(crate) const BYTE: u8 = 0xA5;
+    /// The unit of the kernel's block device statistics.
+    pub(crate) const SECTOR_BYTES: u64 = 512;
+}
 
 #[cfg(all(target_os = "linux", feature = "io-uring"))]
 async fn flood_writer(dir: &Path) {
@@ -203,23 +213,23 @@ async fn flood_writer(dir: &Path) {
     storage.create_dir_all(dir).await.expect("directory");
     let _lock = storage.lock_dir(dir).await.expect("lock");
 
-    let file = storage.open(&dir.join(FLOOD_FILE)).await.expect("open");
+    let file = storage.open(&dir.join(flood::FILE)).await.expect("open");
     // Every block written and synced first, so that the flood is of pure overwrites, which
     // the kernel issues to the device at once rather than handing to a worker thread.
-    let zeros = Bytes::from(vec![0u8; FLOOD_WRITE_BYTES as usize]);
-    for write in 0..FLOOD_WRITES {
-        file.write_at_and_sync(write * FLOOD_WRITE_BYTES, zeros.clone())
+    let zeros = Bytes::from(vec![0u8; flood::WRITE_BYTES as usize]);
+    for write in 0..flood::WRITES {
+        file.write_at_and_sync(write * flood::WRITE_BYTES, zeros.clone())
             .await
             .expect("zero");
     }
     let submitted = storage.stats().sqes_submitted;
-    let data = Bytes::from(vec![FLOOD_BYTE; FLOOD_WRITE_BYTES as usize]);
-    for write in 0..FLOOD_WRITES {
+    let data = Bytes::from(vec![flood::BYTE; flood::WRITE_BYTES as usize]);
+    for write in 0..flood::WRITES {
         let file = Arc::clone(&file);
         let data = data.clone();
-        tokio::spawn(async move { file.write_at(write * FLOOD_WRITE_BYTES, data).await });
+        tokio::spawn(async move { file.write_at(write * flood::WRITE_BYTES, data).await });
     }
-    while storage.stats().sqes_submitted < submitted + FLOOD_WRITES {
+    while storage.stats().sqes_submitted < submitted + flood::WRITES {
         tokio::task::yield_now().await;
     }
     report(FLOOD.to_string());
@@ -917,7 +927,7 @@ fn a_killed_writers_lock_outlasts_its_in_flight_writes() {
         return;
     }
     let temporary = tempfile::tempdir().expect("temporary directory");
-    let Some(disk) = LoopDisk::create_sized(temporary.path(), FLOOD_IMAGE_BYTES) else {
+    let Some(disk) = LoopDisk::create_sized(temporary.path(), flood::IMAGE_BYTES) else {
         return;
     };
     let device = mounted_device(&disk.mount_point);
@@ -930,7 +940,7 @@ fn a_killed_writers_lock_outlasts_its_in_flight_writes() {
     // io-wq workers, and those wait for the device too): several rounds make sure some do.
     let mut landed = Vec::new();
     let mut waited_ms = Vec::new();
-    for _ in 0..FLOOD_ROUNDS {
+    for _ in 0..flood::ROUNDS {
         let (sectors, waited) = flood_kill_and_lock(&runtime, &dir, &device);
         landed.push(sectors);
         waited_ms.push(format!("{:.1}", waited.as_secs_f64() * 1e3));
@@ -943,7 +953,7 @@ fn a_killed_writers_lock_outlasts_its_in_flight_writes() {
     assert!(
         landed
             .iter()
-            .all(|&sectors| sectors < FLOOD_WRITE_BYTES / SECTOR_BYTES),
+            .all(|&sectors| sectors < flood::WRITE_BYTES / flood::SECTOR_BYTES),
         "writes of a killed child landed after its successor took the lock"
     );
     drop(disk);
@@ -1007,10 +1017,8 @@ fn flood_kill_and_lock(
     (sectors_written(device) - at_lock, waited)
 }
 
-/// The unit of the kernel's block device statistics.
-const SECTOR_BYTES: u64 = 512;
-
 /// The block device (e.g. `loop3`) mounted at `mount_point`.
+#[cfg(all(target_os = "linux", feature = "io-uring"))]
 fn mounted_device(mount_point: &Path) -> String {
     let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mount table");
     let target = mount_point.to_str().expect("a UTF-8 path");
@@ -1025,6 +1033,7 @@ fn mounted_device(mount_point: &Path) -> String {
 }
 
 /// Sectors the block device has finished writing since it appeared (sysfs `stat`, 7th field).
+#[cfg(all(target_os = "linux", feature = "io-uring"))]
 fn sectors_written(device: &str) -> u64 {
     let stat = std::fs::read_to_string(format!("/sys/block/{device}/stat")).expect("stat");
     stat.split_whitespace()

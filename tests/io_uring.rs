@@ -514,6 +514,70 @@ async fn many_tasks_on_many_files_get_their_own_completions() {
     }
 }
 
+// Proves the ring holds directory locks: a lock taken through the backend is held in the
+// ring's file table (counted), excludes any other lock on the directory, and once dropped is
+// released through the ring thread (the count returns to zero and the directory can be locked
+// again, by this backend or another). A log opened, closed and reopened at once in one process
+// gets its lock back. (crash::a_killed_writers_lock_outlasts_its_in_flight_writes proves what
+// the holding is for.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ring_holds_directory_locks_until_released() {
+    use helix_wal::{Storage, TokioStorage, Wal, WalConfig};
+    let Some((harness, storage)) = harness_with(IoUringConfig::default()) else {
+        return;
+    };
+    let stats = storage.stats();
+    assert!(stats.held_file_slots > 0, "{stats:?}");
+    assert_eq!(stats.held_files_errno, None);
+    harness.storage.create_dir_all(&harness.dir).await.unwrap();
+    let lock = storage.lock_dir(&harness.dir).await.unwrap();
+    assert_eq!(storage.stats().held_files, 1);
+    let plain = TokioStorage::new();
+    assert!(matches!(
+        plain.lock_dir(&harness.dir).await,
+        Err(WalError::Locked { .. })
+    ));
+    assert!(matches!(
+        storage.lock_dir(&harness.dir).await,
+        Err(WalError::Locked { .. })
+    ));
+    assert_eq!(
+        storage.stats().held_files,
+        1,
+        "a refused lock holds nothing"
+    );
+    drop(lock);
+    let released = Instant::now();
+    while storage.stats().held_files != 0 {
+        assert!(
+            released.elapsed() < IDLE_WAIT_LIMIT,
+            "the ring never released the lock"
+        );
+        tokio::task::yield_now().await;
+    }
+    drop(plain.lock_dir(&harness.dir).await.unwrap());
+    let dir = harness.dir.join("log");
+    for _ in 0..3 {
+        let mut wal = Wal::open(storage.clone(), WalConfig::new(&dir))
+            .await
+            .unwrap();
+        assert_eq!(storage.stats().held_files, 1);
+        wal.append_batch_durable(&[helix_wal::Entry::new(
+            wal.last_index() + 1,
+            1,
+            Bytes::from_static(b"entry"),
+        )])
+        .await
+        .unwrap();
+        wal.close().await.unwrap();
+        drop(wal);
+    }
+    let wal = Wal::open(storage.clone(), WalConfig::new(&dir))
+        .await
+        .unwrap();
+    assert_eq!(wal.last_index(), 3);
+}
+
 // Proves the factory picks io_uring on this machine and reports it, and picks TokioStorage
 // when io_uring is not preferred.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
