@@ -83,6 +83,8 @@ struct ring_counters {
 /* The ring's file table, for held files (HELIX_OP_HOLD_FILE). */
 struct held_files {
     uint32_t slots;
+    /* Per slot: non-zero while it holds a file. */
+    uint8_t *in_use;
     int32_t *free_slots;
     uint32_t free_count;
     int32_t error;
@@ -278,7 +280,8 @@ static void register_held_files(struct helix_ring *ring)
     if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < slots)
         slots = (uint32_t)limit.rlim_cur;
     held->free_slots = calloc(slots ? slots : 1, sizeof(*held->free_slots));
-    if (!held->free_slots) {
+    held->in_use = calloc(slots ? slots : 1, sizeof(*held->in_use));
+    if (!held->free_slots || !held->in_use) {
         held->error = -ENOMEM;
         return;
     }
@@ -309,6 +312,7 @@ static int hold_file(struct helix_ring *ring, struct helix_request *request)
     if (ret != 1)
         return -EIO;
     held->free_count--;
+    held->in_use[slot] = 1;
     request->done = (uint64_t)slot;
     bump(&held->held, 1);
     return 0;
@@ -317,12 +321,13 @@ static int hold_file(struct helix_ring *ring, struct helix_request *request)
 static int release_file(struct helix_ring *ring, struct helix_request *request)
 {
     struct held_files *held = &ring->held;
-    if (request->offset >= held->slots)
+    if (request->offset >= held->slots || !held->in_use[request->offset])
         return -EBADF;
     int empty = -1;
     int ret = io_uring_register_files_update(&ring->uring, (unsigned)request->offset, &empty, 1);
     if (ret < 0)
         return ret;
+    held->in_use[request->offset] = 0;
     held->free_slots[held->free_count++] = (int32_t)request->offset;
     atomic_fetch_sub_explicit(&held->held, 1, memory_order_relaxed);
     return 0;
@@ -358,6 +363,7 @@ static void release_resources(struct helix_ring *ring)
     if (ring->wake_fd >= 0)
         close(ring->wake_fd);
     free(ring->held.free_slots);
+    free(ring->held.in_use);
     free(ring->pool.free_indices);
     free(ring->pool.memory);
     free(ring);
@@ -931,6 +937,20 @@ static int finished(struct helix_ring *ring, const struct helix_ring_hooks *hook
            !hooks->has_pending(hooks->context);
 }
 
+/* After a clean stop: drops every held file at once (nothing is in flight any more, so the
+ * holding has done its work), so that releases nobody will process cannot keep them. Their
+ * owners' own descriptors still hold whatever locks they hold. */
+static void drop_held_files(struct helix_ring *ring)
+{
+    struct held_files *held = &ring->held;
+    if (held->slots == 0)
+        return;
+    io_uring_unregister_files(&ring->uring);
+    held->slots = 0;
+    held->free_count = 0;
+    atomic_store_explicit(&held->held, 0, memory_order_relaxed);
+}
+
 int helix_ring_run(struct helix_ring *ring, const struct helix_ring_hooks *hooks)
 {
     for (;;) {
@@ -939,8 +959,10 @@ int helix_ring_run(struct helix_ring *ring, const struct helix_ring_hooks *hooks
             return ret;
         unsigned taken = gather_batch(ring, hooks);
         note_batch(ring, taken);
-        if (taken == 0 && finished(ring, hooks))
+        if (taken == 0 && finished(ring, hooks)) {
+            drop_held_files(ring);
             return 0;
+        }
         if (taken == 0 && spin_for_work(ring, hooks))
             continue;
         /* Nothing more to take: submit what was gathered and wait in the same enter, for a

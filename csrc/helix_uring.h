@@ -38,7 +38,9 @@ enum helix_opcode {
      * has finished: also when the process dies. A lock held through that open file (flock)
      * therefore outlives the process's last direct write. Completes at once, without an SQE. */
     HELIX_OP_HOLD_FILE = 5,
-    /* Release the file held in slot `offset`. Completes at once, without an SQE. */
+    /* Release the file held in slot `offset` (-EBADF if it holds none). Completes at once,
+     * without an SQE. The kernel may put its reference a little later (up to a second on
+     * kernels before 6.4). */
     HELIX_OP_RELEASE_FILE = 6,
 };
 
@@ -172,8 +174,9 @@ struct helix_ring;
 int helix_ring_create(const struct helix_ring_config *config, struct helix_ring **out);
 
 /* Runs the loop until `helix_ring_request_stop` was called, the queue is empty and no request
- * is in flight. Returns 0, or a negative errno when the ring failed (then every request that
- * was in flight has been completed with that error). */
+ * is in flight. Returns 0, having dropped every held file (HELIX_OP_HOLD_FILE), or a negative
+ * errno when the ring failed (then every request that was in flight has been completed with
+ * that error, and held files stay held until the ring is destroyed). */
 int helix_ring_run(struct helix_ring *ring, const struct helix_ring_hooks *hooks);
 
 /* Thread safe: wakes the ring thread if it sleeps. Call after queueing a request. */

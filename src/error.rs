@@ -67,9 +67,9 @@ pub enum WalError {
 
     /// Another log holds the directory's lock.
     #[error(
-        "the log in {} is open elsewhere (another process, or another Wal in this one), still \
-         after waiting {} ms for its lock; close it first: two writers would destroy each \
-         other's segments",
+        "the log in {} is open elsewhere (another process, or another Wal in this one; \
+         Wal::open waits up to {} ms for its lock); close it first: two writers would destroy \
+         each other's segments",
         dir.display(),
         crate::limits::LOCK_WAIT_MS
     )]

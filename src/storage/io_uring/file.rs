@@ -123,7 +123,6 @@ impl IoUringFile {
             opcode,
             offset,
             owned,
-            fd: None,
         }
     }
 
@@ -176,7 +175,6 @@ impl StorageFile for IoUringFile {
                 read_buffer: vec![0; len],
                 ..self.owned()
             },
-            fd: None,
         };
         let outcome = self.run("read", request).await?;
         let mut buffer = outcome.owned.read_buffer;
@@ -220,7 +218,6 @@ impl StorageFile for IoUringFile {
             opcode: sys::HELIX_OP_FSYNC,
             offset: 0,
             owned: self.owned(),
-            fd: None,
         };
         self.mutate("fsync", request).await
     }

@@ -22,7 +22,6 @@ mod sys;
 mod worker;
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -438,22 +437,41 @@ impl Storage for IoUringWorkerStorage {
     async fn lock_dir(&self, dir: &Path) -> WalResult<crate::storage::DirLock> {
         self.check_open()?;
         let file = self.metadata.lock_file(dir).await?;
+        // The file travels with the request, so that it stays open (its descriptor names it
+        // and nothing else) until the ring has taken it, even if this future is dropped.
         let request = Request {
             opcode: sys::HELIX_OP_HOLD_FILE,
             offset: 0,
-            owned: Owned::default(),
-            fd: Some(file.as_raw_fd()),
+            owned: Owned {
+                held_file: Some(file),
+                ..Owned::default()
+            },
         };
         let outcome = self.worker.shared.execute(request).await?;
+        let Some(file) = outcome.owned.held_file else {
+            unreachable!("a finished request hands its memory back");
+        };
         if outcome.result < 0 {
             if !self.lock_not_held_logged.swap(true, Ordering::Relaxed) {
-                tracing::warn!(
-                    errno = -outcome.result,
-                    "the io_uring ring cannot hold directory locks (Linux 5.19 or later and \
-                     RLIMIT_NOFILE of at least 1 needed): a killed process's last direct \
-                     writes may land after a successor took the lock; restart a log's owner \
-                     only after a pause longer than the device's slowest write"
-                );
+                let errno = -outcome.result;
+                if self.stats().held_file_slots == 0 {
+                    tracing::warn!(
+                        errno,
+                        "the kernel refused the io_uring ring a file table (Linux 5.19 or \
+                         later and RLIMIT_NOFILE of at least 1 needed), so directory locks are \
+                         plain flocks: a killed process's last direct writes may land after a \
+                         successor took its lock; restart a log's owner only after a pause \
+                         longer than the device's slowest write"
+                    );
+                } else {
+                    tracing::warn!(
+                        errno,
+                        held = self.stats().held_files,
+                        "the io_uring ring could not hold a directory lock (EMFILE: all its \
+                         slots are taken), so this lock is a plain flock: a killed process's \
+                         last direct writes may land after a successor took it"
+                    );
+                }
             }
             return Ok(crate::storage::DirLock::holding(file));
         }

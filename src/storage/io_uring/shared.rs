@@ -20,6 +20,7 @@
 use std::cell::UnsafeCell;
 use std::ffi::c_void;
 use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -67,6 +68,9 @@ pub(crate) struct Owned {
     pub(crate) read_buffer: Vec<u8>,
     /// The file: keeps the descriptor open (never reused by another file) while in flight.
     pub(crate) file: Option<Arc<FileInner>>,
+    /// The file a `HELIX_OP_HOLD_FILE` hands to the ring: open until the request completes,
+    /// even if its caller gave up, so its descriptor cannot name another file meanwhile.
+    pub(crate) held_file: Option<std::fs::File>,
 }
 
 /// A request to execute.
@@ -74,9 +78,6 @@ pub(crate) struct Request {
     pub(crate) opcode: u32,
     pub(crate) offset: u64,
     pub(crate) owned: Owned,
-    /// The descriptor to act on when the request has no file (`HELIX_OP_HOLD_FILE`); it must
-    /// stay open until the request completes.
-    pub(crate) fd: Option<i32>,
 }
 
 /// A finished request.
@@ -239,6 +240,15 @@ impl Shared {
         }
     }
 
+    /// Settles a finished request whose caller gave up waiting: a failed write or fsync
+    /// poisons its file; a file the ring now holds for nobody is released.
+    fn settle_unclaimed(&self, outcome: &Outcome) {
+        poison_if_failed_write(outcome);
+        if outcome.opcode == sys::HELIX_OP_HOLD_FILE && outcome.result == 0 {
+            self.release_held_file(outcome.done);
+        }
+    }
+
     /// Asks the ring thread to release a file it holds (`HELIX_OP_HOLD_FILE`). Never waits:
     /// the ring thread releases it on its next round. Were the ring stopped already, the kernel
     /// drops every held file with the ring.
@@ -354,10 +364,10 @@ impl Shared {
         raw.offset = request.offset;
         raw.buf = buf;
         raw.len = len as u64;
-        raw.fd = match (&owned.file, request.fd) {
+        raw.fd = match (&owned.file, &owned.held_file) {
             (Some(file), _) if request.opcode == sys::HELIX_OP_READ => file.read_fd(),
             (Some(file), _) => file.raw_fd(),
-            (None, Some(fd)) => fd,
+            (None, Some(held)) => held.as_raw_fd(),
             (None, None) => -1,
         };
         raw.result = 0;
@@ -436,7 +446,7 @@ impl Shared {
             Ok(_) => slot.waker.wake(),
             Err(STATE_ABANDONED) => {
                 let outcome = self.take_outcome(index);
-                poison_if_failed_write(&outcome);
+                self.settle_unclaimed(&outcome);
             }
             Err(state) => panic!("io_uring slot {index} completed in state {state}"),
         }
@@ -625,9 +635,9 @@ impl Drop for Completion<'_> {
         );
         if abandoned.is_err() {
             // Completed meanwhile: this side owns the slot and frees it. Nobody will see the
-            // result, so a failed write poisons its file here.
+            // result, so it is settled here.
             let outcome = self.shared.take_outcome(self.index);
-            poison_if_failed_write(&outcome);
+            self.shared.settle_unclaimed(&outcome);
         }
     }
 }
