@@ -413,20 +413,10 @@ enum KillAt {
     Idle { run_ms: u64 },
 }
 
-/// Runs one child until the moment `at` says, kills it, and returns its report.
-fn run_and_kill(
-    backend: &str,
-    mode: &str,
-    dir: &Path,
-    seed: u64,
-    at: KillAt,
-    sabotage: bool,
-) -> Vec<String> {
+/// This test binary, set to run the ignored `child_writer` case as a child writer.
+fn child_command(backend: &str, mode: &str, dir: &Path, seed: u64) -> Command {
     let mut command = Command::new(std::env::current_exe().expect("test binary"));
-    if sabotage {
-        command.env(CHILD_SABOTAGE, "skip-fsync");
-    }
-    let mut child = command
+    command
         .args([
             "--ignored",
             "--exact",
@@ -437,7 +427,24 @@ fn run_and_kill(
         .env(CHILD_BACKEND, backend)
         .env(CHILD_MODE, mode)
         .env(CHILD_DIR, dir)
-        .env(CHILD_SEED, seed.to_string())
+        .env(CHILD_SEED, seed.to_string());
+    command
+}
+
+/// Runs one child until the moment `at` says, kills it, and returns its report.
+fn run_and_kill(
+    backend: &str,
+    mode: &str,
+    dir: &Path,
+    seed: u64,
+    at: KillAt,
+    sabotage: bool,
+) -> Vec<String> {
+    let mut command = child_command(backend, mode, dir, seed);
+    if sabotage {
+        command.env(CHILD_SABOTAGE, "skip-fsync");
+    }
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -1007,18 +1014,7 @@ struct FloodRound {
 /// watches the device for 300 ms.
 #[cfg(all(target_os = "linux", feature = "io-uring"))]
 fn flood_kill_and_lock(runtime: &tokio::runtime::Runtime, dir: &Path, device: &str) -> FloodRound {
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--ignored",
-            "--exact",
-            "child_writer",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_BACKEND, "io-uring")
-        .env(CHILD_MODE, FLOOD)
-        .env(CHILD_DIR, dir)
-        .env(CHILD_SEED, "1")
+    let mut child = child_command("io-uring", FLOOD, dir, 1)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

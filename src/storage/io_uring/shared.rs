@@ -580,8 +580,8 @@ unsafe extern "C" fn hook_complete(context: *mut c_void, request: *mut sys::heli
     let shared = unsafe { shared_from(context) };
     // SAFETY: the shim hands back a request it got from `hook_pop`: the release request or
     // one in a slot, which the ring thread owns until `on_complete` publishes it.
-    let (tag, opcode, result) =
-        unsafe { ((*request).user_data, (*request).opcode, (*request).result) };
+    let finished = unsafe { &*request };
+    let (tag, opcode, result) = (finished.user_data, finished.opcode, finished.result);
     if tag == RELEASE_TAG {
         if result < 0 {
             // The file stays held until the ring is gone: the directory stays locked for
