@@ -1020,13 +1020,20 @@ fn flood_kill_and_lock(runtime: &tokio::runtime::Runtime, dir: &Path, device: &s
         .spawn()
         .expect("spawn the flooding child");
     let stdout = BufReader::new(child.stdout.take().expect("piped"));
-    let flooding = stdout
-        .lines()
-        .map_while(Result::ok)
-        .any(|line| line.strip_prefix(MARK) == Some(FLOOD));
+    // Read on a thread of its own, so that a child that never reports cannot hang the test.
+    let (flooding_sender, flooding_receiver) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let flooding = stdout
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.strip_prefix(MARK) == Some(FLOOD));
+        let _ = flooding_sender.send(flooding);
+    });
+    let flooding = flooding_receiver.recv_timeout(READY_LIMIT).unwrap_or(false);
     child.kill().expect("SIGKILL the child");
     let output = child.wait_with_output().expect("reap the child");
     let at_reap = sectors_written(device);
+    reader.join().expect("reader");
     assert!(
         flooding,
         "the flooding child never had its writes in flight; stderr:\n{}",
