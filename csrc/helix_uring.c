@@ -42,6 +42,17 @@ _Static_assert(_Alignof(struct helix_request) >= 4, "user_data tags need two fre
 enum request_flag {
     FLAG_FSYNC_OK = 1u << 0,
     FLAG_EOF = 1u << 1,
+    /* Counted in a phase (see `struct held_files`), and which one. */
+    FLAG_COUNTED = 1u << 2,
+    FLAG_PHASE_ONE = 1u << 3,
+};
+
+/* States of a slot of the held-file table. */
+enum held_slot {
+    SLOT_FREE = 0,
+    SLOT_HELD = 1,
+    /* Released by its owner, dropped once the requests started before that are done. */
+    SLOT_RELEASING = 2,
 };
 
 /* Defaults for zero config fields; the Rust side documents and validates the same values. */
@@ -80,15 +91,31 @@ struct ring_counters {
     _Atomic uint64_t fsyncs_submitted;
 };
 
-/* The ring's file table, for held files (HELIX_OP_HOLD_FILE). */
+/* The ring's file table, for held files (HELIX_OP_HOLD_FILE).
+ *
+ * A release must not drop a file while a request started before it is still in flight (a
+ * write of the log whose lock it is may still land). So every request is counted in one of two
+ * phases; a release flips the phase and its slot is dropped once the old phase has no request
+ * left. Releases that arrive while one drain runs wait for the next drain. */
 struct held_files {
     uint32_t slots;
-    /* Per slot: non-zero while it holds a file. */
+    /* Per slot: enum held_slot. */
     uint8_t *in_use;
     int32_t *free_slots;
     uint32_t free_count;
     int32_t error;
     _Atomic uint64_t held;
+    _Atomic uint64_t releasing;
+    /* The phase new requests are counted in, and the requests in flight in each phase. */
+    uint32_t phase;
+    uint32_t phase_count[2];
+    /* The phase being drained, or -1; the slots dropped when it is empty; and the slots
+     * released meanwhile, for the next drain. */
+    int32_t draining;
+    int32_t *drain_slots;
+    uint32_t drain_count;
+    int32_t *next_slots;
+    uint32_t next_count;
 };
 
 struct buffer_pool {
@@ -268,20 +295,22 @@ static void register_pool(struct helix_ring *ring, const struct helix_ring_confi
     pool->free_count = (uint32_t)count;
 }
 
-/* Raises the io-wq worker limits: buffered writes and every fsync run on io-wq workers, and
- * the kernel's default allows few of them per ring on a small machine. Best effort. */
 /* Registers an empty file table for held files. A refusal (kernels before 5.19, a low
  * RLIMIT_NOFILE) is not an error: HELIX_OP_HOLD_FILE then fails with the refusal's errno. */
 static void register_held_files(struct helix_ring *ring)
 {
     struct held_files *held = &ring->held;
+    held->draining = -1;
     uint32_t slots = HELIX_MAX_HELD_FILES;
     struct rlimit limit;
     if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < slots)
         slots = (uint32_t)limit.rlim_cur;
-    held->free_slots = calloc(slots ? slots : 1, sizeof(*held->free_slots));
-    held->in_use = calloc(slots ? slots : 1, sizeof(*held->in_use));
-    if (!held->free_slots || !held->in_use) {
+    size_t entries = slots ? slots : 1;
+    held->free_slots = calloc(entries, sizeof(*held->free_slots));
+    held->in_use = calloc(entries, sizeof(*held->in_use));
+    held->drain_slots = calloc(entries, sizeof(*held->drain_slots));
+    held->next_slots = calloc(entries, sizeof(*held->next_slots));
+    if (!held->free_slots || !held->in_use || !held->drain_slots || !held->next_slots) {
         held->error = -ENOMEM;
         return;
     }
@@ -297,6 +326,7 @@ static void register_held_files(struct helix_ring *ring)
     held->free_count = slots;
 }
 
+/* Puts the request's file into a free slot of the table, returned in `done`. */
 static int hold_file(struct helix_ring *ring, struct helix_request *request)
 {
     struct held_files *held = &ring->held;
@@ -312,26 +342,89 @@ static int hold_file(struct helix_ring *ring, struct helix_request *request)
     if (ret != 1)
         return -EIO;
     held->free_count--;
-    held->in_use[slot] = 1;
+    held->in_use[slot] = SLOT_HELD;
     request->done = (uint64_t)slot;
     bump(&held->held, 1);
     return 0;
 }
 
+/* Drops the file of a released slot. Should the kernel refuse, the slot stays held (and
+ * counted in the stats) until the ring is gone. */
+static void drop_slot(struct helix_ring *ring, int32_t slot)
+{
+    struct held_files *held = &ring->held;
+    int empty = -1;
+    atomic_fetch_sub_explicit(&held->releasing, 1, memory_order_relaxed);
+    if (io_uring_register_files_update(&ring->uring, (unsigned)slot, &empty, 1) < 0) {
+        held->in_use[slot] = SLOT_HELD;
+        return;
+    }
+    held->in_use[slot] = SLOT_FREE;
+    held->free_slots[held->free_count++] = slot;
+    atomic_fetch_sub_explicit(&held->held, 1, memory_order_relaxed);
+}
+
+/* Starts draining the current phase: requests from now on count in the other one. */
+static void flip_phase(struct held_files *held)
+{
+    held->draining = (int32_t)held->phase;
+    held->phase ^= 1u;
+}
+
+/* Drops the released slots whose drain is over, and starts the next drain. */
+static void settle_releases(struct helix_ring *ring)
+{
+    struct held_files *held = &ring->held;
+    while (held->draining >= 0 && held->phase_count[held->draining] == 0) {
+        for (uint32_t i = 0; i < held->drain_count; i++)
+            drop_slot(ring, held->drain_slots[i]);
+        held->drain_count = 0;
+        held->draining = -1;
+        if (held->next_count > 0) {
+            memcpy(held->drain_slots, held->next_slots,
+                   held->next_count * sizeof(*held->next_slots));
+            held->drain_count = held->next_count;
+            held->next_count = 0;
+            flip_phase(held);
+        }
+    }
+}
+
+/* Accepts the release of slot `offset`: its file is dropped once every request started
+ * before this one has finished. */
 static int release_file(struct helix_ring *ring, struct helix_request *request)
 {
     struct held_files *held = &ring->held;
-    if (request->offset >= held->slots || !held->in_use[request->offset])
+    if (request->offset >= held->slots || held->in_use[request->offset] != SLOT_HELD)
         return -EBADF;
-    int empty = -1;
-    int ret = io_uring_register_files_update(&ring->uring, (unsigned)request->offset, &empty, 1);
-    if (ret < 0)
-        return ret;
-    held->in_use[request->offset] = 0;
-    held->free_slots[held->free_count++] = (int32_t)request->offset;
-    atomic_fetch_sub_explicit(&held->held, 1, memory_order_relaxed);
+    int32_t slot = (int32_t)request->offset;
+    held->in_use[slot] = SLOT_RELEASING;
+    bump(&held->releasing, 1);
+    if (held->draining < 0) {
+        held->drain_slots[held->drain_count++] = slot;
+        flip_phase(held);
+    } else {
+        held->next_slots[held->next_count++] = slot;
+    }
+    settle_releases(ring);
     return 0;
 }
+
+/* Counts a request in the current phase (it holds back the releases that come after it). */
+static void count_in_phase(struct helix_ring *ring, struct helix_request *request)
+{
+    request->flags |= FLAG_COUNTED | (ring->held.phase ? FLAG_PHASE_ONE : 0u);
+    ring->held.phase_count[ring->held.phase]++;
+}
+
+static void uncount_from_phase(struct helix_ring *ring, const struct helix_request *request)
+{
+    if (request->flags & FLAG_COUNTED)
+        ring->held.phase_count[(request->flags & FLAG_PHASE_ONE) ? 1 : 0]--;
+}
+
+/* Raises the io-wq worker limits: buffered writes and every fsync run on io-wq workers, and
+ * the kernel's default allows few of them per ring on a small machine. Best effort. */
 
 static void raise_iowq_workers(struct helix_ring *ring, uint32_t workers)
 {
@@ -364,6 +457,8 @@ static void release_resources(struct helix_ring *ring)
         close(ring->wake_fd);
     free(ring->held.free_slots);
     free(ring->held.in_use);
+    free(ring->held.drain_slots);
+    free(ring->held.next_slots);
     free(ring->pool.free_indices);
     free(ring->pool.memory);
     free(ring);
@@ -480,6 +575,7 @@ void helix_ring_read_stats(const struct helix_ring *ring, struct helix_ring_stat
     out->held_file_slots = ring->held.slots;
     out->held_files_error = ring->held.error;
     out->held_files = read_counter(&ring->held.held);
+    out->held_files_releasing = read_counter(&ring->held.releasing);
     out->max_requests = ring->max_requests;
 }
 
@@ -694,6 +790,7 @@ static void start_request(struct helix_ring *ring, const struct helix_ring_hooks
         finish_request(ring, hooks, request);
         return;
     }
+    count_in_phase(ring, request);
     int transfers = request->opcode == HELIX_OP_READ || request->opcode == HELIX_OP_WRITE;
     if (transfers && request->len == 0) {
         finish_request(ring, hooks, request);
@@ -707,6 +804,7 @@ static void finish_request(struct helix_ring *ring, const struct helix_ring_hook
                            struct helix_request *request)
 {
     detach_fixed_buffer(ring, request);
+    uncount_from_phase(ring, request);
     ring->in_flight--;
     atomic_store_explicit(&ring->counters.in_flight, ring->in_flight, memory_order_relaxed);
     bump(&ring->counters.requests_completed, 1);
@@ -945,10 +1043,15 @@ static void drop_held_files(struct helix_ring *ring)
     struct held_files *held = &ring->held;
     if (held->slots == 0)
         return;
-    io_uring_unregister_files(&ring->uring);
+    if (io_uring_unregister_files(&ring->uring) < 0)
+        return;
     held->slots = 0;
     held->free_count = 0;
+    held->drain_count = 0;
+    held->next_count = 0;
+    held->draining = -1;
     atomic_store_explicit(&held->held, 0, memory_order_relaxed);
+    atomic_store_explicit(&held->releasing, 0, memory_order_relaxed);
 }
 
 int helix_ring_run(struct helix_ring *ring, const struct helix_ring_hooks *hooks)
@@ -977,5 +1080,6 @@ int helix_ring_run(struct helix_ring *ring, const struct helix_ring_hooks *hooks
         if (ret < 0)
             return ret;
         reap(ring, hooks);
+        settle_releases(ring);
     }
 }

@@ -39,8 +39,9 @@ enum helix_opcode {
      * therefore outlives the process's last direct write. Completes at once, without an SQE. */
     HELIX_OP_HOLD_FILE = 5,
     /* Release the file held in slot `offset` (-EBADF if it holds none). Completes at once,
-     * without an SQE. The kernel may put its reference a little later (up to a second on
-     * kernels before 6.4). */
+     * without an SQE, but the ring drops the file only once every request it started before
+     * this one has finished (a write still in flight keeps its log's directory locked). The
+     * kernel may put its reference a little later still (up to a second before Linux 6.4). */
     HELIX_OP_RELEASE_FILE = 6,
 };
 
@@ -157,6 +158,8 @@ struct helix_ring_stats {
     uint32_t held_file_slots;
     int32_t held_files_error;
     uint64_t held_files;
+    /* Of those, files released and waiting for the requests started before their release. */
+    uint64_t held_files_releasing;
     /* Largest number of requests this ring keeps in flight (CQ overflow bound). */
     uint32_t max_requests;
 };

@@ -596,6 +596,65 @@ async fn the_ring_holds_directory_locks_until_released() {
     assert_eq!(wal.last_index(), 3);
 }
 
+// Proves a released lock waits for the writes the ring started before the release: a 64 MiB
+// durable write is abandoned after one poll (its caller gave up; the ring still runs it), the
+// lock is dropped, and the ring keeps the lock file until the write has finished (the release
+// is seen waiting, the lock still held); then it lets go, and the write's data is on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_lock_waits_for_writes_in_flight() {
+    use helix_wal::Storage;
+    let Some((harness, storage)) = harness_with(buffered()) else {
+        return;
+    };
+    if storage.stats().held_file_slots == 0 {
+        eprintln!("SKIPPED: the kernel refused the ring a file table");
+        return;
+    }
+    harness.storage.create_dir_all(&harness.dir).await.unwrap();
+    let path = harness.dir.join("a");
+    let file = harness.storage.open(&path).await.unwrap();
+    let data = pattern(5, 64 << 20);
+    let mut attempts = 0;
+    loop {
+        let lock = storage.lock_dir(&harness.dir).await.unwrap();
+        let before = wait_until_idle(&storage).await;
+        let write = file.write_at_and_sync(0, Bytes::from(data.clone()));
+        let abandoned = tokio::time::timeout(Duration::ZERO, write).await.is_err();
+        drop(lock);
+        let mut seen_waiting = false;
+        let started = Instant::now();
+        loop {
+            let stats = storage.stats();
+            if stats.held_files_releasing == 1 {
+                assert_eq!(stats.held_files, 1, "{stats:?}");
+                seen_waiting = true;
+            }
+            if stats.held_files == 0 {
+                break;
+            }
+            assert!(
+                started.elapsed() < IDLE_WAIT_LIMIT,
+                "the lock was never released: {stats:?}"
+            );
+            tokio::task::yield_now().await;
+        }
+        // The release came after the write, so the write finished first (both counted).
+        let stats = storage.stats();
+        assert!(
+            stats.requests_completed >= before.requests_completed + 2,
+            "{stats:?}"
+        );
+        if abandoned && seen_waiting {
+            break;
+        }
+        // The write finished before the release was taken: nothing was waited for. Again.
+        attempts += 1;
+        assert!(attempts < 10, "never saw a release wait for a write");
+    }
+    wait_until_idle(&storage).await;
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+}
+
 // Proves the factory picks io_uring on this machine and reports it, and picks TokioStorage
 // when io_uring is not preferred.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

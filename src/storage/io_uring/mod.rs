@@ -135,6 +135,9 @@ pub struct IoUringStats {
     pub held_files_errno: Option<i32>,
     /// Directory locks the ring holds now.
     pub held_files: u64,
+    /// Of those, locks released and waiting for the requests the ring started before their
+    /// release (a write still in flight keeps its log's directory locked).
+    pub held_files_releasing: u64,
     /// The most requests handed to the ring thread and not yet completed at once (at most
     /// `max_in_flight`).
     pub in_flight_peak: u64,
@@ -178,6 +181,7 @@ impl IoUringStats {
             held_file_slots: raw.held_file_slots,
             held_files_errno: (raw.held_files_error < 0).then_some(-raw.held_files_error),
             held_files: raw.held_files,
+            held_files_releasing: raw.held_files_releasing,
             ..IoUringStats::default()
         }
     }

@@ -23,7 +23,7 @@ use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -53,6 +53,9 @@ const NO_OPERATION: u32 = 0;
 
 /// `user_data` of the ring thread's own release request (slot indices are `u32`).
 const RELEASE_TAG: u64 = u64::MAX;
+/// Marks a release in the submission queue: the rest of the entry is the held file's slot
+/// (below `HELIX_MAX_HELD_FILES`), not a request slot (fewer than 2^31 of those).
+const RELEASE_ENTRY: u32 = 1 << 31;
 
 /// What shutdown errors name.
 pub(crate) const SHUTDOWN_WHAT: &str = "io_uring storage";
@@ -153,10 +156,7 @@ pub(crate) struct Shared {
     outstanding: AtomicU64,
     /// The most requests outstanding at once.
     outstanding_peak: Maximum,
-    /// File-table slots of held files to release (`HELIX_OP_RELEASE_FILE`), and how many there
-    /// are (read without the lock by the ring thread's `has_pending`).
-    releases: Mutex<Vec<u64>>,
-    releases_pending: AtomicUsize,
+    /// The request through which the ring thread releases held files.
     release_request: ReleaseRequest,
 }
 
@@ -225,7 +225,8 @@ impl Shared {
             ring,
             slots: (0..count).map(Slot::new).collect(),
             free,
-            queue: ArrayQueue::new(count as usize),
+            // Room for every request slot and one release per held file.
+            queue: ArrayQueue::new(count as usize + sys::HELIX_MAX_HELD_FILES as usize),
             permits: Semaphore::new(count as usize),
             pushing: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
@@ -234,8 +235,6 @@ impl Shared {
             latency: OperationLatency::default(),
             outstanding: AtomicU64::new(0),
             outstanding_peak: Maximum::default(),
-            releases: Mutex::new(Vec::new()),
-            releases_pending: AtomicUsize::new(0),
             release_request: ReleaseRequest(UnsafeCell::new(sys::helix_request::default())),
         }
     }
@@ -249,43 +248,37 @@ impl Shared {
         }
     }
 
-    /// Asks the ring thread to release a file it holds (`HELIX_OP_HOLD_FILE`). Never waits:
-    /// the ring thread releases it on its next round. Were the ring stopped already, the kernel
-    /// drops every held file with the ring.
+    /// Asks the ring thread to release a file it holds (`HELIX_OP_HOLD_FILE`). Never waits.
+    /// The release joins the submission queue behind every request queued before it, and the
+    /// ring drops the file once those and every request in flight have finished (a write a
+    /// caller gave up on may still land). A ring that stopped cleanly has dropped every held
+    /// file already.
     pub(crate) fn release_held_file(&self, slot: u64) {
-        self.releases
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(slot);
-        self.releases_pending.fetch_add(1, Ordering::SeqCst);
+        let Ok(slot) = u32::try_from(slot) else {
+            unreachable!("held file slots are below HELIX_MAX_HELD_FILES");
+        };
+        // Cannot fail: the queue has room for one release per held file.
+        let pushed = self.queue.push(RELEASE_ENTRY | slot);
+        assert!(pushed.is_ok(), "the queue holds every release");
         self.ring.notify();
     }
 
-    /// On the ring thread: the release request for the next file to release, if any.
-    fn pop_release(&self) -> Option<*mut sys::helix_request> {
-        if self.releases_pending.load(Ordering::SeqCst) == 0 {
-            return None;
-        }
-        let slot = self
-            .releases
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop()?;
-        self.releases_pending.fetch_sub(1, Ordering::SeqCst);
+    /// On the ring thread: the release request for a queue entry marked as a release.
+    fn release_request_for(&self, slot: u32) -> *mut sys::helix_request {
         let request = self.release_request.0.get();
         // SAFETY: only the ring thread gets here, and the previous release completed before
         // this pop (see `ReleaseRequest`).
         unsafe {
             *request = sys::helix_request {
                 opcode: sys::HELIX_OP_RELEASE_FILE,
-                offset: slot,
+                offset: u64::from(slot),
                 fd: -1,
                 user_data: RELEASE_TAG,
                 fixed_index: -1,
                 ..Default::default()
             };
         }
-        Some(request)
+        request
     }
 
     /// Nanoseconds since `epoch`.
@@ -469,6 +462,10 @@ impl Shared {
         self.ring_failure.store(errno, Ordering::SeqCst);
         self.close();
         while let Some(index) = self.queue.pop() {
+            if index & RELEASE_ENTRY != 0 {
+                // The ring failed: its table goes with it, when the storage is dropped.
+                continue;
+            }
             self.set_result(index, errno);
             // Not a latency: the ring failed, the request never completed.
             self.on_complete(index, NO_OPERATION);
@@ -549,10 +546,10 @@ unsafe fn shared_from(context: *mut c_void) -> &'static Shared {
 unsafe extern "C" fn hook_pop(context: *mut c_void) -> *mut sys::helix_request {
     // SAFETY: the shim passes back the context of `Shared::hooks`, alive during `run`.
     let shared = unsafe { shared_from(context) };
-    if let Some(release) = shared.pop_release() {
-        return release;
-    }
     match shared.queue.pop() {
+        Some(entry) if entry & RELEASE_ENTRY != 0 => {
+            shared.release_request_for(entry & !RELEASE_ENTRY)
+        }
         Some(index) => shared.slots[index as usize].request.get(),
         None => std::ptr::null_mut(),
     }
@@ -566,7 +563,7 @@ unsafe extern "C" fn hook_pop(context: *mut c_void) -> *mut sys::helix_request {
 unsafe extern "C" fn hook_has_pending(context: *mut c_void) -> i32 {
     // SAFETY: as in `hook_pop`.
     let shared = unsafe { shared_from(context) };
-    i32::from(!shared.queue.is_empty() || shared.releases_pending.load(Ordering::SeqCst) != 0)
+    i32::from(!shared.queue.is_empty())
 }
 
 /// Hook: a request is finished.
