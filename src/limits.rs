@@ -23,8 +23,17 @@ pub const MAX_PADDING_PAYLOAD_BYTES: usize = 2 * MAX_WRITE_ALIGNMENT_BYTES;
 /// kernel has finished the process's in-flight writes: milliseconds, or up to a second under
 /// heavy load, so the successor rides that out instead of failing.
 pub const LOCK_WAIT_MS: u64 = 2_000;
-/// Pause between two attempts to take a directory lock held elsewhere.
+/// First pause between two attempts to take a directory lock held elsewhere; each pause
+/// doubles, up to the next limit.
 pub const LOCK_RETRY_INTERVAL_MS: u64 = 1;
+/// Longest pause between two attempts to take a directory lock.
+pub const LOCK_MAX_RETRY_INTERVAL_MS: u64 = 64;
+const _: () = assert!(
+    LOCK_RETRY_INTERVAL_MS > 0
+        && LOCK_RETRY_INTERVAL_MS <= LOCK_MAX_RETRY_INTERVAL_MS
+        && LOCK_MAX_RETRY_INTERVAL_MS < LOCK_WAIT_MS,
+    "the lock wait retries from short to longer pauses, several times"
+);
 
 /// Records start at multiples of this alignment, so headers never straddle it and a scan for
 /// records after damage only has to look at aligned offsets.

@@ -198,8 +198,9 @@ mod flood {
     /// Size of each write.
     pub(crate) const WRITE_BYTES: u64 = 128 << 10;
     /// Kills that must leave a write in flight after the child is reaped (about two in five
-    /// do here: the process is reaped only after its io-wq workers exit, and those wait for
-    /// the device too), and the most kills a test makes to get them.
+    /// do here: the process is reaped only after its io-wq workers exit, and a worker finishes
+    /// the write it is in, waiting for the device; writes queued for workers are cancelled),
+    /// and the most kills a test makes to get them.
     pub(crate) const ROUNDS_IN_FLIGHT: usize = 2;
     pub(crate) const MAX_ROUNDS: usize = 32;
     /// Size of the file system image the flooding child writes on.
@@ -929,8 +930,8 @@ fn power_loss_catches_a_writer_that_skips_fsync() {
 // reaped (about two in five do; at most 32 kills); once the lock is free, nothing more may reach
 // that device (its count of sectors written stays put for 300 ms, but for the odd journal
 // block). With a plain flock, released with the process's descriptors, the lock is free at
-// once and in about half the kills megabytes still land after it (seen in every run). Root only (the mount), like the
-// power-loss tests.
+// once and the writes in flight land after it (seven of eight runs failed that way). Root only
+// (the mount), like the power-loss tests.
 #[cfg(all(target_os = "linux", feature = "io-uring"))]
 #[test]
 fn a_killed_writers_lock_outlasts_its_in_flight_writes() {

@@ -13,8 +13,9 @@ use crate::format::{
     commit_padding, encode_padding, encode_record, record_size, CommitPadding, Entry, SegmentHeader,
 };
 use crate::limits::{
-    HARD_MAX_ENTRY_SIZE_BYTES, HARD_MAX_READ_RANGE_BYTES, LOCK_RETRY_INTERVAL_MS, LOCK_WAIT_MS,
-    MAX_LOG_INDEX, MAX_WRITE_ALIGNMENT_BYTES, RECOVERY_READ_CHUNK_BYTES, RECYCLED_SEGMENTS_KEPT,
+    HARD_MAX_ENTRY_SIZE_BYTES, HARD_MAX_READ_RANGE_BYTES, LOCK_MAX_RETRY_INTERVAL_MS,
+    LOCK_RETRY_INTERVAL_MS, LOCK_WAIT_MS, MAX_LOG_INDEX, MAX_WRITE_ALIGNMENT_BYTES,
+    RECOVERY_READ_CHUNK_BYTES, RECYCLED_SEGMENTS_KEPT,
 };
 use crate::sabotage::{is_on, Sabotage};
 use crate::stats::{WalCounters, WalStats};
@@ -890,12 +891,16 @@ async fn lock_patiently<S: Storage>(storage: &S, dir: &std::path::Path) -> WalRe
     // Real time, and a pause on the blocking pool rather than a timer: opening a log needs no
     // time driver in the runtime, and a paused test clock cannot stretch the wait.
     let deadline = Instant::now() + std::time::Duration::from_millis(LOCK_WAIT_MS);
+    // Short pauses first (a dead predecessor's lock comes free within milliseconds), longer
+    // ones while it stays held.
+    let mut pause = std::time::Duration::from_millis(LOCK_RETRY_INTERVAL_MS);
     loop {
         match storage.lock_dir(dir).await {
             Err(WalError::Locked { .. }) if Instant::now() < deadline => {
-                let pause = std::time::Duration::from_millis(LOCK_RETRY_INTERVAL_MS);
                 // A join error means the runtime is shutting down: the next attempt decides.
                 let _ = tokio::task::spawn_blocking(move || std::thread::sleep(pause)).await;
+                pause =
+                    (pause * 2).min(std::time::Duration::from_millis(LOCK_MAX_RETRY_INTERVAL_MS));
             }
             other => return other,
         }

@@ -458,7 +458,8 @@ impl Storage for IoUringWorkerStorage {
         if outcome.result < 0 {
             if !self.lock_not_held_logged.swap(true, Ordering::Relaxed) {
                 let errno = -outcome.result;
-                if self.stats().held_file_slots == 0 {
+                let stats = self.stats();
+                if stats.held_file_slots == 0 {
                     tracing::warn!(
                         errno,
                         "the kernel refused the io_uring ring a file table (Linux 5.19 or \
@@ -470,10 +471,12 @@ impl Storage for IoUringWorkerStorage {
                 } else {
                     tracing::warn!(
                         errno,
-                        held = self.stats().held_files,
+                        held = stats.held_files,
+                        slots = stats.held_file_slots,
                         "the io_uring ring could not hold a directory lock (EMFILE: all its \
-                         slots are taken), so this lock is a plain flock: a killed process's \
-                         last direct writes may land after a successor took it"
+                         slots are taken; otherwise the errno says why), so this lock is a \
+                         plain flock: a killed process's last direct writes may land after a \
+                         successor took it"
                     );
                 }
             }

@@ -89,7 +89,7 @@ pub(crate) struct Outcome {
     pub(crate) opcode: u32,
     /// 0 or a negative errno.
     pub(crate) result: i32,
-    /// Bytes transferred.
+    /// Bytes transferred (for `HELIX_OP_HOLD_FILE`: the slot of the held file).
     pub(crate) done: u64,
     /// The memory the request owned, handed back.
     pub(crate) owned: Owned,
