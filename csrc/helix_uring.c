@@ -425,7 +425,6 @@ static void uncount_from_phase(struct helix_ring *ring, const struct helix_reque
 
 /* Raises the io-wq worker limits: buffered writes and every fsync run on io-wq workers, and
  * the kernel's default allows few of them per ring on a small machine. Best effort. */
-
 static void raise_iowq_workers(struct helix_ring *ring, uint32_t workers)
 {
     if (workers == 0)

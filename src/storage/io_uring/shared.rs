@@ -581,11 +581,11 @@ unsafe extern "C" fn hook_complete(context: *mut c_void, request: *mut sys::heli
     let (tag, opcode, result) = (finished.user_data, finished.opcode, finished.result);
     if tag == RELEASE_TAG {
         if result < 0 {
-            // The file stays held until the ring is gone: the directory stays locked for
-            // others until this process ends or the storage shuts down.
+            // The shim refuses only a release of a slot it does not hold: a bug here, since
+            // each hold is released once. Nothing is dropped; a held file stays held.
             tracing::error!(
                 errno = -result,
-                "the io_uring ring could not release a directory lock"
+                "the io_uring ring refused to release a directory lock it does not hold"
             );
         }
         return;
