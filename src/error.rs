@@ -166,6 +166,18 @@ pub enum WalError {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// A mutating operation was stopped before it finished by something other than its caller
+    /// (its task was cancelled, for example because the runtime shut down), so the log's memory
+    /// may disagree with its disk. The log refuses writes from then on.
+    #[error(
+        "{operation} was interrupted before it finished (its task was cancelled); the log \
+         refuses writes: close it and open it again to recover"
+    )]
+    Interrupted {
+        /// The operation, e.g. `"truncate_after"`.
+        operation: &'static str,
+    },
+
     /// The io_uring backend could not start. The message names the cause and the fix.
     #[error("io_uring is unavailable: {cause}; {fix}")]
     IoUringUnavailable {
@@ -325,6 +337,7 @@ impl WalError {
                 last: *last,
             },
             WalError::InvalidArgument(message) => WalError::InvalidArgument(message.clone()),
+            WalError::Interrupted { operation } => WalError::Interrupted { operation },
             WalError::IoUringUnavailable { cause, fix, errno } => WalError::IoUringUnavailable {
                 cause: cause.clone(),
                 fix,

@@ -151,7 +151,7 @@ async fn recovery_syncs_the_directory_before_trusting_it() {
             index += 1;
         }
         drop(wal);
-        probe.stall_dir_syncs.store(false, Ordering::SeqCst);
+        probe.release_dir_syncs();
         simulated.crash_keeping_everything();
         let mut wal = Wal::open(storage.clone(), config(dir)).await.unwrap();
         let next = wal.last_index() + 1;

@@ -306,12 +306,21 @@ impl<S: Storage + Clone> BufferedWal<S> {
     /// Buffers `entry`, which must carry the next index, and returns that index. The entry is
     /// readable at once and durable after a later flush; see [`BufferedWal::wait_durable`].
     /// Waits while the buffer is full.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the entry is buffered in the same step that returns its index, so a dropped
+    /// call buffered nothing.
     pub async fn append(&self, entry: Entry) -> WalResult<u64> {
         Ok(self.append_with(entry, false).await?.0)
     }
 
     /// Buffers an entry of `term` and `payload` at the next index, which it returns: for many
     /// concurrent appenders that do not track indexes themselves.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`BufferedWal::append`].
     pub async fn append_next(&self, term: u64, payload: Bytes) -> WalResult<u64> {
         let entry = Entry {
             index: 0,
@@ -409,6 +418,12 @@ impl<S: Storage + Clone> BufferedWal<S> {
 
     /// Buffers `entry` and waits until it is durable. Returns its index. Fails with
     /// [`WalError::Truncated`] if `truncate_after` removed the entry before it became durable.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropped before the entry was buffered, nothing happened; dropped after,
+    /// the entry stays buffered and becomes durable with a later flush (the log's last index
+    /// tells which), exactly as if the caller had used [`BufferedWal::append`].
     pub async fn append_durable(&self, entry: Entry) -> WalResult<u64> {
         let (index, truncations) = self.append_with(entry, false).await?;
         self.wait_durable(index).await?;
@@ -422,6 +437,10 @@ impl<S: Storage + Clone> BufferedWal<S> {
     /// log shut down first, or if `index` was never appended. This speaks of the index, not of
     /// an entry: after `truncate_after`, whatever entry later holds `index` satisfies it;
     /// [`BufferedWal::append_durable`] tells its own entry apart.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only waits.
     pub async fn wait_durable(&self, index: u64) -> WalResult<()> {
         let shared = self.shared();
         {
@@ -452,6 +471,10 @@ impl<S: Storage + Clone> BufferedWal<S> {
     }
 
     /// Flushes everything buffered now and waits until it is durable.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the flush it requested still happens; only the wait is given up.
     pub async fn flush(&self) -> WalResult<()> {
         let shared = self.shared();
         let last = {
@@ -495,6 +518,10 @@ impl<S: Storage + Clone> BufferedWal<S> {
     }
 
     /// Reads entry `index`, from the buffer if it is not written yet.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it changes nothing.
     pub async fn read(&self, index: u64) -> WalResult<Entry> {
         let shared = self.shared();
         let lost = {
@@ -518,6 +545,10 @@ impl<S: Storage + Clone> BufferedWal<S> {
     }
 
     /// Reads entries `[from, to)` (see [`Wal::read_range`]), buffered ones included.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it changes nothing.
     pub async fn read_range(&self, from: u64, to: u64, max_bytes: usize) -> WalResult<Vec<Entry>> {
         let shared = self.shared();
         let wal = shared.wal.read().await;
@@ -548,41 +579,131 @@ impl<S: Storage + Clone> BufferedWal<S> {
 
     /// Removes every entry after `index` (buffered or written), durably. Waiters on removed
     /// indexes are resolved by whatever entry later becomes durable at that index.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the truncation runs in a task of its own that finishes it, on disk and in
+    /// memory, even when this future is dropped; appends wait until it has finished. Dropping
+    /// the future only gives up the result.
     pub async fn truncate_after(&self, index: u64) -> WalResult<()> {
-        let shared = self.shared();
-        let mut wal = shared.wal.write().await;
-        let keep = self.take_pending_through(index)?;
-        self.record_truncation(index);
-        let result = async {
-            if !keep.is_empty() {
-                wal.append_batch_durable(&keep).await?;
-            }
-            wal.truncate_after(index).await
-        }
-        .await;
-        self.after_maintenance(&wal, result)
+        self.maintain(Maintenance::TruncateAfter(index)).await
     }
 
     /// Removes whole segments below `index` (see [`Wal::purge_before`]); buffered entries are
     /// written first.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`BufferedWal::truncate_after`]: the purge finishes in its own task.
     pub async fn purge_before(&self, index: u64) -> WalResult<()> {
-        let shared = self.shared();
-        let mut wal = shared.wal.write().await;
-        let keep = self.take_pending_through(u64::MAX)?;
+        self.maintain(Maintenance::PurgeBefore(index)).await
+    }
+
+    /// Runs `maintenance` in a task of its own and waits for its result.
+    async fn maintain(&self, maintenance: Maintenance) -> WalResult<()> {
+        let shared = Arc::clone(&self.handle.shared);
+        let task = tokio::spawn(shared.maintain(maintenance));
+        join_task(task, maintenance.name()).await
+    }
+
+    /// Flushes what is buffered, stops the flusher and closes the log. Other clones get
+    /// [`WalError::Shutdown`] afterwards.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: closing runs in a task of its own that finishes it even when this future
+    /// is dropped (appends fail with [`WalError::Shutdown`] from the moment it starts); calling
+    /// `close` again waits for it and reports the log's final state.
+    pub async fn close(&self) -> WalResult<()> {
+        let shared = Arc::clone(&self.handle.shared);
+        shared.buffer().closing = true;
+        shared.wake_flusher.notify_one();
+        let flusher = self
+            .handle
+            .flusher
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        let task = tokio::spawn(async move {
+            if let Some(flusher) = flusher {
+                let _ = flusher.await;
+            }
+            let mut wal = shared.wal.write().await;
+            wal.close().await?;
+            match &shared.buffer().failure {
+                Some(failure) => Err(Shared::<S>::poisoned_error(failure)),
+                None => Ok(()),
+            }
+        });
+        join_task(task, "close").await
+    }
+}
+
+/// Waits for a task that carries out a mutating call. A task cancelled before it finished
+/// (the runtime shutting down) is reported as [`WalError::Interrupted`]; a panic is resumed.
+async fn join_task(task: JoinHandle<WalResult<()>>, operation: &'static str) -> WalResult<()> {
+    match task.await {
+        Ok(result) => result,
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(_) => Err(WalError::Interrupted { operation }),
+    }
+}
+
+/// A truncate or purge of a [`BufferedWal`].
+#[derive(Debug, Clone, Copy)]
+enum Maintenance {
+    TruncateAfter(u64),
+    PurgeBefore(u64),
+}
+
+impl Maintenance {
+    fn name(self) -> &'static str {
+        match self {
+            Maintenance::TruncateAfter(_) => "truncate_after",
+            Maintenance::PurgeBefore(_) => "purge_before",
+        }
+    }
+}
+
+impl<S: Storage + Clone> Shared<S> {
+    /// Carries out `maintenance` with the log's write lock held and appends paused: buffered
+    /// entries that stay are written durably first, then the log is truncated or purged, then
+    /// the buffer is brought in line with it.
+    async fn maintain(self: Arc<Self>, maintenance: Maintenance) -> WalResult<()> {
+        let mut wal = self.wal.write().await;
+        let keep_through = match maintenance {
+            Maintenance::TruncateAfter(index) => index,
+            Maintenance::PurgeBefore(_) => u64::MAX,
+        };
+        let keep = self.take_pending_through(keep_through)?;
+        // From here until `after_maintenance`, appends are paused: if this task is stopped
+        // part-way, the guard resumes them on a log that refuses writes.
+        let mut guard = MaintenanceGuard {
+            shared: &self,
+            operation: maintenance.name(),
+            armed: true,
+        };
+        if let Maintenance::TruncateAfter(index) = maintenance {
+            self.record_truncation(index);
+        }
         let result = async {
             if !keep.is_empty() {
                 wal.append_batch_durable(&keep).await?;
             }
-            wal.purge_before(index).await
+            match maintenance {
+                Maintenance::TruncateAfter(index) => wal.truncate_after(index).await,
+                Maintenance::PurgeBefore(index) => wal.purge_before(index).await,
+            }
         }
         .await;
+        guard.armed = false;
         self.after_maintenance(&wal, result)
     }
 
     /// Remembers that entries after `index` are being removed, for `append_durable` waiters.
     /// Called with the log's write lock held and appends paused.
     fn record_truncation(&self, index: u64) {
-        let mut buffer = self.shared().buffer();
+        let mut buffer = self.buffer();
         if index + 1 >= buffer.next_index {
             return;
         }
@@ -594,12 +715,12 @@ impl<S: Storage + Clone> BufferedWal<S> {
         }
     }
 
-    /// Takes the pending entries up to `index` for writing and drops the rest. Called with the
-    /// log's write lock held, so no flush is under way.
+    /// Takes the pending entries up to `index` for writing and drops the rest, and pauses
+    /// appends. Called with the log's write lock held, so no flush is under way.
     fn take_pending_through(&self, index: u64) -> WalResult<Vec<Entry>> {
-        let mut buffer = self.shared().buffer();
+        let mut buffer = self.buffer();
         if let Some(failure) = &buffer.failure {
-            return Err(Shared::<S>::poisoned_error(failure));
+            return Err(Self::poisoned_error(failure));
         }
         let mut keep = std::mem::take(&mut buffer.pending);
         keep.retain(|entry| entry.index <= index);
@@ -611,17 +732,16 @@ impl<S: Storage + Clone> BufferedWal<S> {
         Ok(keep)
     }
 
-    /// Brings the buffer and the durable index in line with the log after truncate or purge.
+    /// Brings the buffer and the durable index in line with the log after truncate or purge,
+    /// and resumes appends.
     fn after_maintenance(&self, wal: &Wal<S>, result: WalResult<()>) -> WalResult<()> {
-        let shared = self.shared();
-        let mut buffer = shared.buffer();
+        let mut buffer = self.buffer();
         buffer.maintenance = false;
         buffer.in_flight.clear();
         if let Err(error) = result {
             let failure = Arc::new(error.duplicate());
             buffer.failure = Some(Arc::clone(&failure));
-            shared
-                .durability
+            self.durability
                 .modify(|state| state.failure = Some(failure));
             return Err(error);
         }
@@ -629,31 +749,36 @@ impl<S: Storage + Clone> BufferedWal<S> {
         buffer.last_term = wal.terms.last_term().unwrap_or(0);
         buffer.first_index = wal.first_index();
         let durable = wal.durable_index();
-        shared.durability.modify(|state| state.index = durable);
+        self.durability.modify(|state| state.index = durable);
         Ok(())
     }
+}
 
-    /// Flushes what is buffered, stops the flusher and closes the log. Other clones get
-    /// [`WalError::Shutdown`] afterwards.
-    pub async fn close(&self) -> WalResult<()> {
-        let shared = self.shared();
-        shared.buffer().closing = true;
-        shared.wake_flusher.notify_one();
-        let flusher = self
-            .handle
-            .flusher
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
-        if let Some(flusher) = flusher {
-            let _ = flusher.await;
+/// Resumes appends if a truncate or purge stops before it has brought the buffer in line with
+/// the log (its task was cancelled, or it panicked): the buffered log then refuses writes,
+/// since its buffer may disagree with the log, and every waiter learns why.
+struct MaintenanceGuard<'a, S: Storage + Clone> {
+    shared: &'a Shared<S>,
+    operation: &'static str,
+    armed: bool,
+}
+
+impl<S: Storage + Clone> Drop for MaintenanceGuard<'_, S> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
         }
-        let mut wal = shared.wal.write().await;
-        wal.close().await?;
-        match &shared.buffer().failure {
-            Some(failure) => Err(Shared::<S>::poisoned_error(failure)),
-            None => Ok(()),
-        }
+        let failure = Arc::new(WalError::Interrupted {
+            operation: self.operation,
+        });
+        let mut buffer = self.shared.buffer();
+        buffer.maintenance = false;
+        buffer.in_flight.clear();
+        buffer.failure.get_or_insert_with(|| Arc::clone(&failure));
+        drop(buffer);
+        self.shared.durability.modify(|state| {
+            state.failure.get_or_insert(failure);
+        });
     }
 }
 

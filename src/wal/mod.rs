@@ -1,37 +1,59 @@
 //! The log: appends, reads, sync, truncation and purge over segment files.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
-use tokio::task::JoinHandle;
-
 use crate::error::{Poison, WalError, WalResult};
-use crate::format::{
-    commit_padding, encode_padding, encode_record, record_size, CommitPadding, Entry, SegmentHeader,
-};
+use crate::format::Entry;
 use crate::limits::{
-    HARD_MAX_ENTRY_SIZE_BYTES, HARD_MAX_READ_RANGE_BYTES, LOCK_MAX_RETRY_INTERVAL_MS,
-    LOCK_RETRY_INTERVAL_MS, LOCK_WAIT_MS, MAX_LOG_INDEX, MAX_WRITE_ALIGNMENT_BYTES,
-    RECOVERY_READ_CHUNK_BYTES, RECYCLED_SEGMENTS_KEPT,
+    HARD_MAX_ENTRY_SIZE_BYTES, LOCK_MAX_RETRY_INTERVAL_MS, LOCK_RETRY_INTERVAL_MS, LOCK_WAIT_MS,
+    MAX_LOG_INDEX,
 };
-use crate::sabotage::{is_on, Sabotage};
 use crate::stats::{WalCounters, WalStats};
 use crate::storage::{DirLock, Storage};
 
 pub(crate) mod buffered;
 pub(crate) mod config;
+mod operation;
+mod reads;
 pub(crate) mod recovery;
 pub(crate) mod segment;
 pub(crate) mod terms;
 
 pub use buffered::{BufferedWal, BufferedWalConfig};
 use config::WalConfig;
+use operation::{Effect, Operation, Resources, Tail};
 use recovery::RecoveryReport;
-use segment::{install_segment, prepare_segment_file, Segment};
+use segment::{prepare_segment_file, Segment};
 use terms::TermRuns;
+
+/// The name of the operation that seals a recovery cut; a full disk fails it without poisoning.
+const SEAL_OPERATION: &str = "seal the recovery cut";
+
+/// The storage calls of one mutating call, with what they change, until they have finished.
+struct InFlight<S: Storage + Clone> {
+    /// The call that started it, for logs.
+    operation: &'static str,
+    /// The calls themselves. Only ever reached through `&mut` (`Mutex::get_mut`, no locking):
+    /// the mutex only makes the log `Sync`, as the future alone is not.
+    future: Mutex<OperationFuture<S>>,
+}
+
+type OperationFuture<S> =
+    Pin<Box<dyn Future<Output = (Operation<S>, WalResult<()>)> + Send + 'static>>;
+
+impl<S: Storage + Clone> std::fmt::Debug for InFlight<S> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("InFlight")
+            .field("operation", &self.operation)
+            .finish_non_exhaustive()
+    }
+}
 
 /// A segmented, checksummed write-ahead log of `(term, index, payload)` entries.
 ///
@@ -55,22 +77,18 @@ pub struct Wal<S: Storage + Clone> {
     durable_index: u64,
     /// Entries below this index were purged.
     log_start_index: u64,
-    next_segment_id: u64,
     /// The last segment holds writes not yet synced.
     unsynced: bool,
     poison: Poison,
     closed: bool,
     report: RecoveryReport,
-    /// Reused encoding buffer, so steady-state appends do not allocate a fresh one.
-    encode_buffer: BytesMut,
-    /// The next segment's file, being zero-filled in the background: its reserved id and the
-    /// task preparing it.
-    spare: Option<JoinHandle<WalResult<PathBuf>>>,
+    /// What new segments are made from (taken by the operation in flight, if any).
+    resources: Resources,
+    /// The storage calls of a mutating call, kept until they have finished and their outcome
+    /// is applied, even when the call that started them was dropped.
+    in_flight: Option<InFlight<S>>,
     /// Opened with [`Wal::open_read_only`].
     read_only: bool,
-    /// Files of purged segments kept for reuse (under temporary names), newest last: reusing
-    /// one costs a header write instead of zero-filling a new file.
-    recycled: Vec<PathBuf>,
     /// Recovery cut the log and the disk had no room for the segment that seals the cut: the
     /// next write seals it first (see [`Wal::seal_cut`]).
     seal_pending: bool,
@@ -103,6 +121,12 @@ impl<S: Storage + Clone> Wal<S> {
     /// Opens (creating if needed) the log in `config.dir` and recovers it according to
     /// `config.recovery_mode`. Recovery syncs what it keeps, so every recovered entry is durable
     /// when this returns.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe in the sense of a crash: a dropped open leaves the directory as a process
+    /// that died during recovery would (every step of recovery is crash safe), releases the
+    /// lock, and the next open recovers again.
     pub async fn open(storage: S, config: WalConfig) -> WalResult<Self> {
         Self::open_with(storage, config, false).await
     }
@@ -110,6 +134,10 @@ impl<S: Storage + Clone> Wal<S> {
     /// Opens the log for reading only: recovery changes nothing on disk (no cut is sealed, no
     /// file is removed or synced), and every write returns [`WalError::ReadOnly`]. Its
     /// [`Wal::recovery_report`] tells what a writable open would do. For inspection tools.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it changes nothing on disk.
     pub async fn open_read_only(storage: S, config: WalConfig) -> WalResult<Self> {
         Self::open_with(storage, config, true).await
     }
@@ -131,15 +159,16 @@ impl<S: Storage + Clone> Wal<S> {
             next_index: recovered.next_index,
             durable_index: recovered.next_index - 1,
             log_start_index: recovered.log_start_index,
-            next_segment_id: recovered.next_segment_id,
             unsynced: false,
             poison: Poison::new(),
             closed: false,
             report: recovered.report,
-            encode_buffer: BytesMut::new(),
-            spare: None,
+            resources: Resources {
+                next_segment_id: recovered.next_segment_id,
+                ..Resources::default()
+            },
+            in_flight: None,
             read_only,
-            recycled: Vec::new(),
             seal_pending: false,
             counters: Arc::default(),
             _lock: lock,
@@ -149,15 +178,13 @@ impl<S: Storage + Clone> Wal<S> {
             return Ok(wal);
         }
         if recovered.needs_new_segment {
+            // Opening must not need free space: a full disk defers the seal to the first
+            // write, which then fails cleanly until space returns. Until sealed, the cut data
+            // stays on disk and every recovery cuts it again at the same place.
+            wal.seal_pending = true;
             match wal.seal_cut().await {
                 Ok(()) => {}
-                // Opening must not need free space: a full disk defers the seal to the first
-                // write, which then fails cleanly until space returns. Until sealed, the cut
-                // data stays on disk and every recovery cuts it again at the same place.
-                Err(error) if error.io_kind() == Some(std::io::ErrorKind::StorageFull) => {
-                    tracing::warn!(%error, "no space to seal the recovery cut; the first write will");
-                    wal.seal_pending = true;
-                }
+                Err(error) if error.io_kind() == Some(std::io::ErrorKind::StorageFull) => {}
                 Err(error) => return Err(error),
             }
         }
@@ -330,6 +357,14 @@ impl<S: Storage + Clone> Wal<S> {
     }
 
     /// Appends one entry (written, not yet durable). Returns its index.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe. If the future is dropped before it completes, the write it started is
+    /// neither lost nor repeated: it stays suspended in the log, and the next call that changes
+    /// the log (or [`Wal::close`]) finishes it first and applies its outcome, so the entry is
+    /// either appended whole or, if that write failed, the log is poisoned. Until then the log
+    /// reports the state before the call.
     pub async fn append(&mut self, entry: Entry) -> WalResult<u64> {
         let index = entry.index;
         self.append_batch(std::slice::from_ref(&entry)).await?;
@@ -339,379 +374,79 @@ impl<S: Storage + Clone> Wal<S> {
     /// Appends entries in order (written, not yet durable), rotating segments as they fill,
     /// also in the middle of the batch. Either every entry is valid and written, or an invalid
     /// batch is refused before anything is written; a failed write poisons the log.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`Wal::append`]: a dropped call's batch is finished by the next call
+    /// that changes the log, whole (every entry appended) or not at all (a failed write, which
+    /// poisons the log).
     pub async fn append_batch(&mut self, entries: &[Entry]) -> WalResult<()> {
         self.write_batch(entries, false).await
     }
 
     /// Appends entries and makes them durable with one write and one sync of the last segment
     /// (a linked write+fsync on io_uring). Returns once the sync succeeded.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`Wal::append_batch`]. An `Ok` is the only acknowledgement: after a
+    /// dropped call, [`Wal::durable_index`] tells how far the log is durable once the next call
+    /// that changes the log (a [`Wal::sync`], say) has finished the dropped one.
     pub async fn append_batch_durable(&mut self, entries: &[Entry]) -> WalResult<()> {
         self.write_batch(entries, true).await
     }
 
     async fn write_batch(&mut self, entries: &[Entry], durable: bool) -> WalResult<()> {
-        let started = durable.then(Instant::now);
+        self.settle().await;
         self.check_writable()?;
         self.validate_batch(entries)?;
         self.prepare_write().await?;
-        let mut rest = entries;
-        while !rest.is_empty() {
-            let fitting = self.entries_fitting(rest);
-            if fitting == 0 {
-                self.rotate().await?;
-                continue;
-            }
-            let (chunk, remaining) = rest.split_at(fitting);
-            let sync_now = durable && remaining.is_empty();
-            self.write_chunk(chunk, sync_now).await?;
-            rest = remaining;
-        }
-        if durable && self.unsynced {
-            self.sync().await?;
-        }
-        let counters = &self.counters;
-        counters.appends.increment();
-        counters.entries.add(entries.len() as u64);
-        let payload_bytes: usize = entries.iter().map(|entry| entry.payload.len()).sum();
-        counters.payload_bytes.add(payload_bytes as u64);
-        if let Some(started) = started {
-            counters.durable_append_latency.record(started.elapsed());
-        }
-        Ok(())
-    }
-
-    /// How many of `entries` fit in the last segment; 0 if there is none.
-    fn entries_fitting(&self, entries: &[Entry]) -> usize {
-        let Some(segment) = self.segments.last() else {
-            return 0;
-        };
-        let mut room = segment.remaining_bytes();
-        let mut count = 0;
-        for entry in entries {
-            let size = record_size(entry.payload.len()) as u64;
-            if size > room {
-                break;
-            }
-            room -= size;
-            count += 1;
-        }
-        count
-    }
-
-    /// Encodes `chunk` and writes it to the end of the last segment in one write, synced with
-    /// it when `sync_now`.
-    async fn write_chunk(&mut self, chunk: &[Entry], sync_now: bool) -> WalResult<()> {
-        let segment = self
-            .segments
-            .last()
-            .expect("entries_fitting found a segment");
-        let segment_id = segment.header.segment_id;
-        let mut buffer = std::mem::take(&mut self.encode_buffer);
-        buffer.clear();
-        let mut offsets = Vec::with_capacity(chunk.len());
-        let start = segment.end_offset;
-        for entry in chunk {
-            offsets.push((start + buffer.len() as u64) as u32);
-            encode_record(&mut buffer, segment_id, entry, self.durable_index);
-        }
-        let alignment = segment.file.write_alignment();
-        assert!(
-            alignment.is_power_of_two() && alignment <= MAX_WRITE_ALIGNMENT_BYTES as u64,
-            "a storage file demands a write alignment of {alignment} bytes"
-        );
-        let end = start + buffer.len() as u64;
-        match commit_padding(end, alignment, segment.header.segment_size_bytes) {
-            CommitPadding::None => {}
-            CommitPadding::Record { payload_len } => {
-                encode_padding(&mut buffer, segment_id, payload_len);
-            }
-            CommitPadding::Zeros(length) => buffer.resize(buffer.len() + length, 0),
-        }
-        let data: Bytes = buffer.split().freeze();
-        self.encode_buffer = buffer;
-        let length = data.len() as u64;
-        let file = segment.file.clone();
-        let started = sync_now.then(Instant::now);
-        let mut result = if sync_now && !is_on(Sabotage::SkipFsync) {
-            file.write_at_and_sync(start, data).await
+        let entries = entries.to_vec();
+        let name = if durable {
+            "append_batch_durable"
         } else {
-            file.write_at(start, data).await
+            "append_batch"
         };
-        if result.is_err() && sync_now && is_on(Sabotage::RetryFailedFsync) {
-            result = file.sync().await;
-        }
-        if let Err(error) = result {
-            return Err(self.fail(error));
-        }
-        self.counters.written_bytes.add(length);
-        if let Some(started) = started {
-            self.counters.syncs.increment();
-            self.counters.sync_latency.record(started.elapsed());
-        }
-        let segment = self.segments.last_mut().expect("still there");
-        segment.offsets.extend(offsets);
-        segment.end_offset = start + length;
-        for entry in chunk {
-            self.terms.push(entry.index, entry.term);
-        }
-        self.next_index += chunk.len() as u64;
-        if sync_now {
-            self.durable_index = self.next_index - 1;
-            self.unsynced = false;
-        } else {
-            self.unsynced = true;
-        }
-        if is_on(Sabotage::AckBeforeFsync) {
-            self.durable_index = self.next_index - 1;
-        }
-        Ok(())
+        self.launch(name, move |mut operation| async move {
+            let result = operation.append(&entries, durable).await;
+            (operation, result)
+        });
+        self.complete().await
     }
 
     /// Makes every appended entry durable.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe. A dropped sync is finished by the next call that changes the log; until
+    /// then the durable index stays where it was.
     pub async fn sync(&mut self) -> WalResult<()> {
+        self.settle().await;
         self.check_writable()?;
         if !self.unsynced {
             return Ok(());
         }
-        let file = self
-            .segments
-            .last()
-            .expect("unsynced implies a segment")
-            .file
-            .clone();
-        let started = Instant::now();
-        let mut synced = if is_on(Sabotage::SkipFsync) {
-            Ok(())
-        } else {
-            file.sync().await
-        };
-        if synced.is_err() && is_on(Sabotage::RetryFailedFsync) {
-            synced = file.sync().await;
-        }
-        if let Err(error) = synced {
-            return Err(self.fail(error));
-        }
-        self.counters.syncs.increment();
-        self.counters.sync_latency.record(started.elapsed());
-        self.unsynced = false;
-        self.durable_index = self.next_index - 1;
-        Ok(())
-    }
-
-    /// Closes the last segment (syncing it first, so everything appended is durable) and opens
-    /// a new one for the next index.
-    async fn rotate(&mut self) -> WalResult<()> {
-        self.sync().await?;
-        tracing::debug!(next_index = self.next_index, "rotating to a new segment");
-        // A new log's first segment is installed here too; that is no rotation.
-        let full_segment = !self.segments.is_empty();
-        self.start_segment(self.next_index, self.log_start_index)
-            .await?;
-        if full_segment {
-            self.counters.segments_rotated.increment();
-        }
-        Ok(())
-    }
-
-    /// Creates a new segment whose first index is `first_index` and makes it the last one,
-    /// from the spare file prepared in the background when there is one.
-    async fn start_segment(&mut self, first_index: u64, log_start_index: u64) -> WalResult<()> {
-        let created = self
-            .install_next_segment(first_index, log_start_index)
-            .await;
-        let segment = created.map_err(|error| self.fail(error))?;
-        // Recovery orders segments by id: ids must grow in the order segments join the log.
-        let previous_id = self.segments.last().map(|last| last.header.segment_id);
-        assert!(previous_id.is_none_or(|previous| previous < segment.header.segment_id));
-        self.segments.push(segment);
-        self.prepare_spare();
-        Ok(())
-    }
-
-    /// Installs the next segment from a recycled file, the spare prepared in the background,
-    /// or, failing both, a file zero-filled now. The segment id is reserved here, at
-    /// installation, never earlier.
-    async fn install_next_segment(
-        &mut self,
-        first_index: u64,
-        log_start_index: u64,
-    ) -> WalResult<Segment> {
-        let dir = self.config.dir.clone();
-        let (prepared, recycled) = match self.recycled.pop() {
-            Some(prepared) => (prepared, true),
-            None => (self.take_spare().await?, false),
-        };
-        let header = SegmentHeader {
-            segment_id: self.reserve_segment_id(),
-            first_index,
-            log_start_index,
-            segment_size_bytes: self.config.segment_size_bytes,
-            recycled,
-        };
-        let segment = install_segment(&self.storage, &dir, &prepared, header).await?;
-        if recycled {
-            self.counters.segments_recycled.increment();
-            tracing::debug!(
-                segment_id = segment.header.segment_id,
-                first_index,
-                "new segment made from a purged segment's file"
-            );
-        }
-        Ok(segment)
-    }
-
-    /// The spare file prepared in the background, or a new one prepared now when there is none
-    /// or its preparation failed (a failed background preparation does not poison the log: only
-    /// a failure here does).
-    async fn take_spare(&mut self) -> WalResult<PathBuf> {
-        if let Some(task) = self.spare.take() {
-            match task.await {
-                Ok(Ok(prepared)) => return Ok(prepared),
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "background segment preparation failed; retrying now");
-                }
-                Err(join_error) => {
-                    tracing::warn!(%join_error, "background segment preparation did not finish");
-                }
-            }
-        }
-        let size = self.config.segment_size_bytes;
-        prepare_segment_file(&self.storage, &self.config.dir, size).await
-    }
-
-    /// Seals a recovery cut: a new segment starting at the next index supersedes whatever lies
-    /// beyond the cut, then the segments it supersedes are removed.
-    async fn seal_cut(&mut self) -> WalResult<()> {
-        let segment = self
-            .install_next_segment(self.next_index, self.log_start_index)
-            .await?;
-        let previous_id = self.segments.last().map(|last| last.header.segment_id);
-        assert!(previous_id.is_none_or(|previous| previous < segment.header.segment_id));
-        self.segments.push(segment);
-        self.seal_pending = false;
-        self.prepare_spare();
-        let superseded = self.report.segments_removed.clone();
-        self.remove_files(&superseded).await
-    }
-
-    /// Checks that the log takes writes, sealing a pending recovery cut first. A disk still
-    /// full fails the write without poisoning (the seal fails while zero-filling its file, before
-    /// anything in the directory changes), so the log works again once space returns; any other
-    /// failure poisons.
-    async fn prepare_write(&mut self) -> WalResult<()> {
-        self.check_writable()?;
-        if self.seal_pending {
-            tracing::info!("sealing the recovery cut before the first write");
-            match self.seal_cut().await {
-                Ok(()) => {}
-                Err(error) if error.io_kind() == Some(std::io::ErrorKind::StorageFull) => {
-                    return Err(error)
-                }
-                Err(error) => return Err(self.fail(error)),
-            }
-        }
-        Ok(())
-    }
-
-    fn reserve_segment_id(&mut self) -> u64 {
-        let segment_id = self.next_segment_id;
-        self.next_segment_id += 1;
-        segment_id
-    }
-
-    /// Starts zero-filling the next segment's file in the background, so rotation only has to
-    /// write a header and rename.
-    fn prepare_spare(&mut self) {
-        if self.spare.is_some() || !self.recycled.is_empty() {
-            return;
-        }
-        let storage = self.storage.clone();
-        let dir = self.config.dir.clone();
-        let size = self.config.segment_size_bytes;
-        let task = tokio::spawn(async move { prepare_segment_file(&storage, &dir, size).await });
-        self.spare = Some(task);
-    }
-
-    /// Stops preparing the spare segment; its temporary file is removed by the next recovery.
-    fn abandon_spare(&mut self) {
-        if let Some(task) = self.spare.take() {
-            task.abort();
-        }
-    }
-
-    /// Removes segment files and syncs the directory after each removal, oldest first, so a
-    /// crash part-way leaves a contiguous log.
-    async fn remove_files(&mut self, paths: &[PathBuf]) -> WalResult<()> {
-        for path in paths {
-            let removed = async {
-                self.storage.remove(path).await?;
-                if is_on(Sabotage::SkipDirSync) {
-                    return Ok(());
-                }
-                self.storage.sync_dir(&self.config.dir).await
-            }
-            .await;
-            removed.map_err(|error| self.fail(error))?;
-        }
-        Ok(())
-    }
-
-    /// Reads entry `index` from storage, verifying its checksum.
-    pub async fn read(&self, index: u64) -> WalResult<Entry> {
-        self.check_in_range(index)?;
-        let mut entries = self.read_range(index, index + 1, 0).await?;
-        Ok(entries.pop().expect("a one-entry range yields one entry"))
-    }
-
-    /// Reads entries `[from, to)`, stopping early once their payloads would exceed `max_bytes`;
-    /// at least one entry is returned when `from < to`. `to` is clamped to `last_index() + 1`.
-    /// Each record's checksum is verified.
-    pub async fn read_range(&self, from: u64, to: u64, max_bytes: usize) -> WalResult<Vec<Entry>> {
-        let to = to.min(self.next_index);
-        if from >= to {
-            return Ok(Vec::new());
-        }
-        self.check_in_range(from)?;
-        let max_bytes = max_bytes.min(HARD_MAX_READ_RANGE_BYTES);
-        let mut entries = Vec::new();
-        let mut payload_bytes = 0usize;
-        let mut index = from;
-        let first_segment = self.segment_position(from);
-        for segment in &self.segments[first_segment..] {
-            while index < to && index < segment.next_index() {
-                let chunk_end = chunk_end(segment, index, to);
-                let (start, end) = segment.byte_range(index, chunk_end);
-                let bytes = segment.file.read_at(start, (end - start) as usize).await?;
-                let before = entries.len();
-                segment.decode_records(&bytes, start, index, chunk_end - index, &mut entries)?;
-                for position in before..entries.len() {
-                    payload_bytes += entries[position].payload.len();
-                    if payload_bytes > max_bytes && position > 0 {
-                        entries.truncate(position);
-                        return Ok(entries);
-                    }
-                }
-                index = chunk_end;
-            }
-            if index >= to {
-                break;
-            }
-        }
-        Ok(entries)
-    }
-
-    /// Position in `segments` of the segment holding `index`, which is in the log.
-    fn segment_position(&self, index: u64) -> usize {
-        let position = self
-            .segments
-            .partition_point(|segment| segment.first_index() <= index);
-        position - 1
+        self.launch("sync", |mut operation| async move {
+            let result = operation.sync().await;
+            (operation, result)
+        });
+        self.complete().await
     }
 
     /// Removes every entry after `index`, durably: when this returns, no crash can bring them
     /// back. `index` may be `first_index() - 1` (empties the log); a no-op when `index >=
     /// last_index()`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe. A dropped truncation is finished by the next call that changes the log
+    /// (whatever state its storage calls reached), so an append that follows it can never be
+    /// acknowledged on top of a truncation that memory has not seen: an append continuing the
+    /// old end fails with [`WalError::NonContiguousIndex`] once the truncation has taken
+    /// effect. Until then the log reports the entries it had before the call.
     pub async fn truncate_after(&mut self, index: u64) -> WalResult<()> {
+        self.settle().await;
+        self.check_writable()?;
         self.prepare_write().await?;
         if index >= self.last_index() {
             return Ok(());
@@ -722,41 +457,36 @@ impl<S: Storage + Clone> Wal<S> {
                 self.first_index()
             )));
         }
-        // Entries up to `index` stay and must be durable before a newer segment vouches for
-        // the chain up to it.
-        self.sync().await?;
         tracing::info!(
             after = index,
             last_index = self.last_index(),
             "truncating the log"
         );
-        self.start_segment(index + 1, self.log_start_index).await?;
-        let new_segment = self.segments.pop().expect("just created");
-        let mut superseded = Vec::new();
-        while self
+        let superseded: Vec<PathBuf> = self
             .segments
-            .last()
-            .is_some_and(|segment| segment.first_index() > index)
-        {
-            superseded.push(self.segments.pop().expect("checked").path);
-        }
-        if let Some(last) = self.segments.last_mut() {
-            last.truncate_after(index);
-        }
-        self.segments.push(new_segment);
-        self.terms.truncate_after(index);
-        self.next_index = index + 1;
-        self.durable_index = self.durable_index.min(index);
-        self.remove_files(&superseded).await?;
-        self.counters.truncations.increment();
-        Ok(())
+            .iter()
+            .filter(|segment| segment.first_index() > index)
+            .map(|segment| segment.path.clone())
+            .collect();
+        self.launch("truncate_after", move |mut operation| async move {
+            let result = operation.truncate_after(index, &superseded).await;
+            (operation, result)
+        });
+        self.complete().await
     }
 
     /// Removes whole segments whose entries all lie below `index` (a snapshot covers them).
     /// The segment being appended to is never removed, so entries below `index` may remain.
     /// When `index > last_index() + 1` the log is reset: every entry goes, and the next append
     /// must carry `index` (installing a snapshot on a follower).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`Wal::truncate_after`]: a dropped purge or reset is finished by the next
+    /// call that changes the log.
     pub async fn purge_before(&mut self, index: u64) -> WalResult<()> {
+        self.settle().await;
+        self.check_writable()?;
         self.prepare_write().await?;
         if index > MAX_LOG_INDEX {
             return Err(WalError::InvalidArgument(format!(
@@ -764,9 +494,12 @@ impl<S: Storage + Clone> Wal<S> {
             )));
         }
         if index > self.next_index {
-            self.reset_to(index).await?;
-            self.counters.purges.increment();
-            return Ok(());
+            let old: Vec<PathBuf> = self.segments.iter().map(|s| s.path.clone()).collect();
+            self.launch("purge_before (reset)", move |mut operation| async move {
+                let result = operation.reset_to(index, &old).await;
+                (operation, result)
+            });
+            return self.complete().await;
         }
         let mut removable = 0;
         while removable + 1 < self.segments.len()
@@ -777,73 +510,24 @@ impl<S: Storage + Clone> Wal<S> {
         if removable == 0 {
             return Ok(());
         }
-        let purged: Vec<Segment> = self.segments.drain(..removable).collect();
-        tracing::info!(before = index, segments = purged.len(), "purging segments");
-        self.terms.purge_before(self.first_index());
-        self.retire_segments(purged).await?;
-        self.counters.purges.increment();
-        Ok(())
-    }
-
-    /// Takes purged segments out of the log, oldest first, each durably before the next (a
-    /// crash part-way leaves a contiguous log): a few are renamed to temporary names for reuse
-    /// (recovery removes such files, so this is as final as a removal), the rest are removed.
-    async fn retire_segments(&mut self, purged: Vec<Segment>) -> WalResult<()> {
-        for segment in purged {
-            let reusable = self.recycled.len() < RECYCLED_SEGMENTS_KEPT
-                && segment.header.segment_size_bytes == self.config.segment_size_bytes;
-            let path = segment.path.clone();
-            drop(segment);
-            let retired = async {
-                if reusable {
-                    let spare = segment::temporary_path(&self.storage, &self.config.dir);
-                    self.storage.rename(&path, &spare).await?;
-                    if !is_on(Sabotage::SkipDirSync) {
-                        self.storage.sync_dir(&self.config.dir).await?;
-                    }
-                    Ok(Some(spare))
-                } else {
-                    self.storage.remove(&path).await?;
-                    if !is_on(Sabotage::SkipDirSync) {
-                        self.storage.sync_dir(&self.config.dir).await?;
-                    }
-                    Ok(None)
-                }
-            }
-            .await;
-            match retired {
-                Ok(Some(spare)) => {
-                    tracing::debug!(path = %path.display(), "purged segment kept for reuse");
-                    self.recycled.insert(0, spare);
-                }
-                Ok(None) => {}
-                Err(error) => return Err(self.fail(error)),
-            }
-        }
-        Ok(())
-    }
-
-    /// Empties the log so that the next entry must be `index`: a new segment declaring
-    /// `log_start_index = index` supersedes all others, which are then removed.
-    async fn reset_to(&mut self, index: u64) -> WalResult<()> {
-        tracing::info!(next_index = index, "resetting the log past a snapshot");
-        self.start_segment(index, index).await?;
-        let new_segment = self.segments.pop().expect("just created");
-        let old: Vec<PathBuf> = self
-            .segments
-            .drain(..)
-            .map(|segment| segment.path)
+        tracing::info!(before = index, segments = removable, "purging segments");
+        let purged: Vec<(PathBuf, u64)> = self.segments[..removable]
+            .iter()
+            .map(|segment| (segment.path.clone(), segment.header.segment_size_bytes))
             .collect();
-        self.segments.push(new_segment);
-        self.terms.clear();
-        self.log_start_index = index;
-        self.next_index = index;
-        self.durable_index = index - 1;
-        self.unsynced = false;
-        self.remove_files(&old).await
+        self.launch("purge_before", move |mut operation| async move {
+            let result = operation.purge(&purged).await;
+            (operation, result)
+        });
+        self.complete().await
     }
 
     /// Syncs and closes the log. Later calls return [`WalError::Shutdown`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a dropped close leaves the log open, with its final sync (if it started)
+    /// finished by the next call; call `close` again.
     pub async fn close(&mut self) -> WalResult<()> {
         if self.closed {
             return Ok(());
@@ -861,22 +545,186 @@ impl<S: Storage + Clone> Wal<S> {
         self._lock = DirLock::none();
         synced
     }
-}
 
-/// End (exclusive) of the next chunk of a range read inside `segment`: at most
-/// `RECOVERY_READ_CHUNK_BYTES` of records, but at least one record.
-fn chunk_end(segment: &Segment, from: u64, to: u64) -> u64 {
-    let last = to.min(segment.next_index());
-    let start = segment.byte_range(from, from + 1).0;
-    let mut end = from + 1;
-    while end < last {
-        let (_, next_end) = segment.byte_range(end, end + 1);
-        if next_end - start > RECOVERY_READ_CHUNK_BYTES as u64 {
-            break;
+    /// Checks that the log takes writes, sealing a pending recovery cut first. A disk still
+    /// full fails the write without poisoning (the seal fails while zero-filling its file, before
+    /// anything in the directory changes), so the log works again once space returns; any other
+    /// failure poisons.
+    async fn prepare_write(&mut self) -> WalResult<()> {
+        if self.seal_pending {
+            tracing::info!("sealing the recovery cut before the first write");
+            self.seal_cut().await?;
         }
-        end += 1;
+        Ok(())
     }
-    end
+
+    /// Seals a recovery cut: a new segment starting at the next index supersedes whatever lies
+    /// beyond the cut, then the segments it supersedes are removed.
+    async fn seal_cut(&mut self) -> WalResult<()> {
+        let superseded = self.report.segments_removed.clone();
+        self.launch(SEAL_OPERATION, move |mut operation| async move {
+            let result = operation.seal_cut(&superseded).await;
+            (operation, result)
+        });
+        self.complete().await
+    }
+
+    /// Hands the storage calls of `operation`, with the state they need, to a future kept in
+    /// the log until [`Wal::complete`] has driven it to its end.
+    fn launch<F, Fut>(&mut self, operation: &'static str, work: F)
+    where
+        F: FnOnce(Operation<S>) -> Fut,
+        Fut: Future<Output = (Operation<S>, WalResult<()>)> + Send + 'static,
+    {
+        assert!(self.in_flight.is_none(), "one operation at a time");
+        let state = Operation {
+            storage: self.storage.clone(),
+            dir: self.config.dir.clone(),
+            segment_size_bytes: self.config.segment_size_bytes,
+            counters: Arc::clone(&self.counters),
+            resources: std::mem::take(&mut self.resources),
+            tail: self.segments.last().map(Tail::of),
+            next_index: self.next_index,
+            durable_index: self.durable_index,
+            log_start_index: self.log_start_index,
+            unsynced: self.unsynced,
+            effects: Vec::new(),
+        };
+        self.in_flight = Some(InFlight {
+            operation,
+            future: Mutex::new(Box::pin(work(state))),
+        });
+    }
+
+    /// Finishes an operation a dropped call left suspended, if any. Its outcome is applied and
+    /// its failure poisons the log (callers then see that through `check_writable`).
+    async fn settle(&mut self) {
+        if self.in_flight.is_some() {
+            let _ = self.complete().await;
+        }
+    }
+
+    /// Drives the operation in flight to its end and applies what it did to the log's memory.
+    /// Returns its own result; a failure poisons the log, except a full disk met while sealing
+    /// a recovery cut (nothing changed then). Cancel safe: dropped, it leaves the operation in
+    /// flight for the next call.
+    async fn complete(&mut self) -> WalResult<()> {
+        let Some(in_flight) = self.in_flight.as_mut() else {
+            return Ok(());
+        };
+        let future = in_flight
+            .future
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (operation, result) = future.as_mut().await;
+        let name = self.in_flight.take().expect("still in flight").operation;
+        self.apply(operation);
+        match result {
+            Ok(()) => Ok(()),
+            Err(error)
+                if name == SEAL_OPERATION
+                    && error.io_kind() == Some(std::io::ErrorKind::StorageFull) =>
+            {
+                tracing::warn!(%error, "no space to seal the recovery cut; a later write will");
+                Err(error)
+            }
+            Err(error) => Err(self.fail(error)),
+        }
+    }
+
+    /// Applies the steps an operation completed, in order, and takes back its resources.
+    fn apply(&mut self, operation: Operation<S>) {
+        self.resources = operation.resources;
+        for effect in operation.effects {
+            match effect {
+                Effect::Appended {
+                    offsets,
+                    terms,
+                    end_offset,
+                } => {
+                    let segment = self.segments.last_mut().expect("appended to a segment");
+                    segment.offsets.extend(offsets);
+                    segment.end_offset = end_offset;
+                    for term in terms {
+                        self.terms.push(self.next_index, term);
+                        self.next_index += 1;
+                    }
+                    self.unsynced = true;
+                }
+                Effect::Synced => {
+                    self.durable_index = self.next_index - 1;
+                    self.unsynced = false;
+                }
+                Effect::SegmentAdded(segment) => self.segments.push(segment),
+                Effect::Sealed(segment) => {
+                    self.segments.push(segment);
+                    self.seal_pending = false;
+                }
+                Effect::Truncated { index, segment } => {
+                    while self
+                        .segments
+                        .last()
+                        .is_some_and(|segment| segment.first_index() > index)
+                    {
+                        self.segments.pop();
+                    }
+                    if let Some(last) = self.segments.last_mut() {
+                        last.truncate_after(index);
+                    }
+                    self.segments.push(segment);
+                    self.terms.truncate_after(index);
+                    self.next_index = index + 1;
+                    self.durable_index = self.durable_index.min(index);
+                }
+                Effect::Reset { index, segment } => {
+                    self.segments.clear();
+                    self.segments.push(segment);
+                    self.terms.clear();
+                    self.log_start_index = index;
+                    self.next_index = index;
+                    self.durable_index = index - 1;
+                    self.unsynced = false;
+                }
+                Effect::Purged { count } => {
+                    self.segments.drain(..count);
+                    self.terms.purge_before(self.first_index());
+                }
+            }
+        }
+        // The operation tracked the same state as it went; the two must agree.
+        assert_eq!(
+            (self.next_index, self.durable_index, self.unsynced),
+            (
+                operation.next_index,
+                operation.durable_index,
+                operation.unsynced
+            ),
+            "an operation's effects disagree with its own view of the log"
+        );
+        if !self.closed {
+            self.prepare_spare();
+        }
+    }
+
+    /// Starts zero-filling the next segment's file in the background, so rotation only has to
+    /// write a header and rename.
+    fn prepare_spare(&mut self) {
+        if self.resources.spare.is_some() || !self.resources.recycled.is_empty() {
+            return;
+        }
+        let storage = self.storage.clone();
+        let dir = self.config.dir.clone();
+        let size = self.config.segment_size_bytes;
+        let task = tokio::spawn(async move { prepare_segment_file(&storage, &dir, size).await });
+        self.resources.spare = Some(task);
+    }
+
+    /// Stops preparing the spare segment; its temporary file is removed by the next recovery.
+    fn abandon_spare(&mut self) {
+        if let Some(task) = self.resources.spare.take() {
+            task.abort();
+        }
+    }
 }
 
 impl<S: Storage + Clone> Drop for Wal<S> {

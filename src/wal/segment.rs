@@ -51,13 +51,6 @@ impl Segment {
         self.first_index() + self.len()
     }
 
-    /// Free bytes left for records.
-    pub fn remaining_bytes(&self) -> u64 {
-        self.header
-            .segment_size_bytes
-            .saturating_sub(self.end_offset)
-    }
-
     /// Byte range `[start, end)` of the records of indexes `[from, to)`, which must be inside
     /// this segment.
     pub fn byte_range(&self, from: u64, to: u64) -> (u64, u64) {

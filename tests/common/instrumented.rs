@@ -20,9 +20,19 @@ pub struct Probe {
     /// When set, every file sync fails with EIO (and the write half of write_at_and_sync
     /// still happens first).
     pub fail_syncs: AtomicBool,
-    /// When set, directory syncs never complete: with a timeout around the caller, this is a
-    /// process killed between a rename or removal and the directory sync.
+    /// While set, directory syncs wait (until [`Probe::release_dir_syncs`]): with a timeout
+    /// around the caller, this is a slow disk, or a process killed between a rename or removal
+    /// and the directory sync.
     pub stall_dir_syncs: AtomicBool,
+    /// While set, file writes (`write_at`, `write_at_and_sync`) of segments wait, like
+    /// directory syncs under `stall_dir_syncs`.
+    pub stall_writes: AtomicBool,
+    /// Writes that found `stall_writes` set and waited.
+    pub writes_stalled: AtomicU64,
+    /// Directory syncs that found `stall_dir_syncs` set and waited.
+    pub dir_syncs_stalled: AtomicU64,
+    /// Wakes stalled directory syncs.
+    released: tokio::sync::Notify,
 }
 
 impl Probe {
@@ -31,6 +41,33 @@ impl Probe {
     }
     pub fn writes(&self) -> u64 {
         self.writes.load(Ordering::SeqCst)
+    }
+    /// Lets stalled directory syncs, and later ones, go through.
+    pub fn release_dir_syncs(&self) {
+        self.stall_dir_syncs.store(false, Ordering::SeqCst);
+        self.released.notify_waiters();
+    }
+    /// Lets stalled writes, and later ones, go through.
+    pub fn release_writes(&self) {
+        self.stall_writes.store(false, Ordering::SeqCst);
+        self.released.notify_waiters();
+    }
+    /// Waits while `switch` is set, counting the wait in `stalled`.
+    async fn stall(&self, switch: &AtomicBool, stalled: &AtomicU64) {
+        let mut counted = false;
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if !switch.load(Ordering::SeqCst) {
+                return;
+            }
+            if !counted {
+                counted = true;
+                stalled.fetch_add(1, Ordering::SeqCst);
+            }
+            released.await;
+        }
     }
 }
 
@@ -89,9 +126,10 @@ impl Storage for Instrumented {
         self.inner.create_dir_all(dir).await
     }
     async fn sync_dir(&self, dir: &Path) -> WalResult<()> {
-        if self.probe.stall_dir_syncs.load(Ordering::SeqCst) {
-            std::future::pending::<()>().await;
-        }
+        let probe = &self.probe;
+        probe
+            .stall(&probe.stall_dir_syncs, &probe.dir_syncs_stalled)
+            .await;
         self.inner.sync_dir(dir).await
     }
 }
@@ -103,6 +141,16 @@ struct InstrumentedFile {
 }
 
 impl InstrumentedFile {
+    /// Waits while `stall_writes` is set, for segment files (not files being prepared).
+    async fn stall_segment_write(&self) {
+        if !self.inner.path().to_string_lossy().ends_with(".tmp") {
+            let probe = &self.probe;
+            probe
+                .stall(&probe.stall_writes, &probe.writes_stalled)
+                .await;
+        }
+    }
+
     fn count(&self, counter: &AtomicU64) {
         let preparing = self.inner.path().to_string_lossy().ends_with(".tmp");
         if !preparing {
@@ -120,6 +168,7 @@ impl StorageFile for InstrumentedFile {
         self.inner.write_alignment()
     }
     async fn write_at(&self, offset: u64, data: Bytes) -> WalResult<()> {
+        self.stall_segment_write().await;
         self.count(&self.probe.writes);
         self.inner.write_at(offset, data).await
     }
@@ -144,6 +193,7 @@ impl StorageFile for InstrumentedFile {
             self.write_at(offset, data).await?;
             return self.sync().await;
         }
+        self.stall_segment_write().await;
         self.count(&self.probe.writes);
         self.count(&self.probe.syncs);
         self.inner.write_at_and_sync(offset, data).await
