@@ -106,9 +106,9 @@ struct Buffer {
     flush_requested: bool,
     /// No more appends; the flusher drains and stops.
     closing: bool,
-    /// A truncate or purge is under way: appends wait, so the index they get cannot race the
-    /// log being rewritten.
-    maintenance: bool,
+    /// Truncates and purges started and not yet finished: while any is, appends wait, so the
+    /// index they get cannot race the log being rewritten, and flushes wait for them.
+    maintenance: u32,
     /// The failure that poisoned the log, if any.
     failure: Option<Arc<WalError>>,
     /// Number of truncations that removed appended entries so far.
@@ -269,7 +269,7 @@ impl<S: Storage + Clone> BufferedWal<S> {
             first_index: wal.first_index(),
             flush_requested: false,
             closing: false,
-            maintenance: false,
+            maintenance: 0,
             failure: None,
             truncation_count: 0,
             truncations: VecDeque::new(),
@@ -344,7 +344,7 @@ impl<S: Storage + Clone> BufferedWal<S> {
                 let mut buffer = shared.buffer();
                 let full = buffer.pending.len() >= shared.config.max_buffered_entries
                     || buffer.pending_bytes >= shared.config.max_buffered_bytes;
-                if !buffer.maintenance {
+                if buffer.maintenance == 0 {
                     if assign_index {
                         entry.index = buffer.next_index;
                     }
@@ -470,14 +470,16 @@ impl<S: Storage + Clone> BufferedWal<S> {
             .await
     }
 
-    /// Flushes everything buffered now and waits until it is durable.
+    /// Flushes everything buffered now and waits until it is durable, and until every
+    /// truncate or purge started before the call has finished. Entries a truncation removes
+    /// meanwhile are not waited for.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: the flush it requested still happens; only the wait is given up.
     pub async fn flush(&self) -> WalResult<()> {
         let shared = self.shared();
-        let last = {
+        let target = {
             let mut buffer = shared.buffer();
             if let Some(failure) = &buffer.failure {
                 return Err(Shared::<S>::poisoned_error(failure));
@@ -486,10 +488,26 @@ impl<S: Storage + Clone> BufferedWal<S> {
             buffer.next_index - 1
         };
         shared.wake_flusher.notify_one();
-        if last <= shared.durability.get().index {
-            return Ok(());
-        }
-        self.wait_durable(last).await
+        shared
+            .durability
+            .wait_for(|state| {
+                if let Some(failure) = &state.failure {
+                    return Some(Err(Shared::<S>::poisoned_error(failure)));
+                }
+                let buffer = shared.buffer();
+                let settled =
+                    buffer.maintenance == 0 && state.index >= target.min(buffer.next_index - 1);
+                if settled {
+                    Some(Ok(()))
+                } else if state.stopped {
+                    Some(Err(WalError::Shutdown {
+                        what: "buffered log",
+                    }))
+                } else {
+                    None
+                }
+            })
+            .await
     }
 
     /// The last appended (buffered) index.
@@ -599,10 +617,12 @@ impl<S: Storage + Clone> BufferedWal<S> {
         self.maintain(Maintenance::PurgeBefore(index)).await
     }
 
-    /// Runs `maintenance` in a task of its own and waits for its result.
+    /// Runs `maintenance` in a task of its own and waits for its result. Appends pause from
+    /// this call on, before the task first runs, so that no append started after this call can
+    /// take an index the maintenance is about to remove.
     async fn maintain(&self, maintenance: Maintenance) -> WalResult<()> {
-        let shared = Arc::clone(&self.handle.shared);
-        let task = tokio::spawn(shared.maintain(maintenance));
+        let guard = MaintenanceGuard::begin(Arc::clone(&self.handle.shared), maintenance.name());
+        let task = tokio::spawn(guard.run(maintenance));
         join_task(task, maintenance.name()).await
     }
 
@@ -665,26 +685,48 @@ impl Maintenance {
     }
 }
 
-impl<S: Storage + Clone> Shared<S> {
-    /// Carries out `maintenance` with the log's write lock held and appends paused: buffered
-    /// entries that stay are written durably first, then the log is truncated or purged, then
-    /// the buffer is brought in line with it.
-    async fn maintain(self: Arc<Self>, maintenance: Maintenance) -> WalResult<()> {
-        let mut wal = self.wal.write().await;
+/// One truncate or purge of a [`BufferedWal`], counted in `Buffer::maintenance` from its start
+/// until it has brought the buffer in line with the log. Dropped before that (its task was
+/// cancelled before or while it ran, or it panicked), it resumes appends on a log that refuses
+/// writes, since the buffer may disagree with the log, and tells every waiter why.
+struct MaintenanceGuard<S: Storage + Clone> {
+    shared: Arc<Shared<S>>,
+    operation: &'static str,
+    armed: bool,
+}
+
+impl<S: Storage + Clone> MaintenanceGuard<S> {
+    fn begin(shared: Arc<Shared<S>>, operation: &'static str) -> Self {
+        shared.buffer().maintenance += 1;
+        Self {
+            shared,
+            operation,
+            armed: true,
+        }
+    }
+
+    /// Carries out `maintenance` with the log's write lock held: buffered entries that stay
+    /// are written durably first, then the log is truncated or purged, then the buffer is
+    /// brought in line with it.
+    async fn run(mut self, maintenance: Maintenance) -> WalResult<()> {
+        let shared = Arc::clone(&self.shared);
+        let mut wal = shared.wal.write().await;
         let keep_through = match maintenance {
             Maintenance::TruncateAfter(index) => index,
             Maintenance::PurgeBefore(_) => u64::MAX,
         };
-        let keep = self.take_pending_through(keep_through)?;
-        // From here until `after_maintenance`, appends are paused: if this task is stopped
-        // part-way, the guard resumes them on a log that refuses writes.
-        let mut guard = MaintenanceGuard {
-            shared: &self,
-            operation: maintenance.name(),
-            armed: true,
+        let keep = match shared.take_pending_through(keep_through) {
+            Ok(keep) => keep,
+            Err(error) => {
+                self.armed = false;
+                shared.buffer().maintenance -= 1;
+                // Appends waiting for the maintenance to end look again.
+                shared.durability.modify(|_| {});
+                return Err(error);
+            }
         };
         if let Maintenance::TruncateAfter(index) = maintenance {
-            self.record_truncation(index);
+            shared.record_truncation(index);
         }
         let result = async {
             if !keep.is_empty() {
@@ -696,10 +738,31 @@ impl<S: Storage + Clone> Shared<S> {
             }
         }
         .await;
-        guard.armed = false;
-        self.after_maintenance(&wal, result)
+        self.armed = false;
+        shared.after_maintenance(&wal, result)
     }
+}
 
+impl<S: Storage + Clone> Drop for MaintenanceGuard<S> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let failure = Arc::new(WalError::Interrupted {
+            operation: self.operation,
+        });
+        let mut buffer = self.shared.buffer();
+        buffer.maintenance -= 1;
+        buffer.in_flight.clear();
+        buffer.failure.get_or_insert_with(|| Arc::clone(&failure));
+        drop(buffer);
+        self.shared.durability.modify(|state| {
+            state.failure.get_or_insert(failure);
+        });
+    }
+}
+
+impl<S: Storage + Clone> Shared<S> {
     /// Remembers that entries after `index` are being removed, for `append_durable` waiters.
     /// Called with the log's write lock held and appends paused.
     fn record_truncation(&self, index: u64) {
@@ -715,8 +778,8 @@ impl<S: Storage + Clone> Shared<S> {
         }
     }
 
-    /// Takes the pending entries up to `index` for writing and drops the rest, and pauses
-    /// appends. Called with the log's write lock held, so no flush is under way.
+    /// Takes the pending entries up to `index` for writing and drops the rest. Called with the
+    /// log's write lock held, so no flush is under way, and appends paused.
     fn take_pending_through(&self, index: u64) -> WalResult<Vec<Entry>> {
         let mut buffer = self.buffer();
         if let Some(failure) = &buffer.failure {
@@ -726,17 +789,16 @@ impl<S: Storage + Clone> Shared<S> {
         keep.retain(|entry| entry.index <= index);
         // Readable from the buffer until written.
         buffer.in_flight = keep.clone();
-        buffer.maintenance = true;
         buffer.pending_bytes = 0;
         buffer.oldest_pending_at = None;
         Ok(keep)
     }
 
     /// Brings the buffer and the durable index in line with the log after truncate or purge,
-    /// and resumes appends.
+    /// and ends that maintenance (appends resume when none is left).
     fn after_maintenance(&self, wal: &Wal<S>, result: WalResult<()>) -> WalResult<()> {
         let mut buffer = self.buffer();
-        buffer.maintenance = false;
+        buffer.maintenance -= 1;
         buffer.in_flight.clear();
         if let Err(error) = result {
             let failure = Arc::new(error.duplicate());
@@ -751,34 +813,6 @@ impl<S: Storage + Clone> Shared<S> {
         let durable = wal.durable_index();
         self.durability.modify(|state| state.index = durable);
         Ok(())
-    }
-}
-
-/// Resumes appends if a truncate or purge stops before it has brought the buffer in line with
-/// the log (its task was cancelled, or it panicked): the buffered log then refuses writes,
-/// since its buffer may disagree with the log, and every waiter learns why.
-struct MaintenanceGuard<'a, S: Storage + Clone> {
-    shared: &'a Shared<S>,
-    operation: &'static str,
-    armed: bool,
-}
-
-impl<S: Storage + Clone> Drop for MaintenanceGuard<'_, S> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let failure = Arc::new(WalError::Interrupted {
-            operation: self.operation,
-        });
-        let mut buffer = self.shared.buffer();
-        buffer.maintenance = false;
-        buffer.in_flight.clear();
-        buffer.failure.get_or_insert_with(|| Arc::clone(&failure));
-        drop(buffer);
-        self.shared.durability.modify(|state| {
-            state.failure.get_or_insert(failure);
-        });
     }
 }
 
