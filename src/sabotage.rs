@@ -20,6 +20,12 @@ pub enum Sabotage {
     KeepTornTail,
     /// A failed fsync is retried and, if the retry succeeds, the log carries on unpoisoned.
     RetryFailedFsync,
+    /// The operation of a dropped call is finished on disk by the next call, but what it
+    /// changed is not applied to the log's memory (the state before cancel safety).
+    SkipCancellationGuard,
+    /// Recovery cuts its index before a torn or damaged record but does not seal the cut with
+    /// a new segment, so the next append overwrites the old segment in place.
+    LeaveCutUnsealed,
 }
 
 #[cfg(feature = "sabotage")]

@@ -13,6 +13,7 @@ use crate::limits::{
     HARD_MAX_ENTRY_SIZE_BYTES, LOCK_MAX_RETRY_INTERVAL_MS, LOCK_RETRY_INTERVAL_MS, LOCK_WAIT_MS,
     MAX_LOG_INDEX,
 };
+use crate::sabotage::{is_on, Sabotage};
 use crate::stats::{WalCounters, WalStats};
 use crate::storage::{DirLock, Storage};
 
@@ -600,15 +601,20 @@ impl<S: Storage + Clone> Wal<S> {
     /// its failure poisons the log (callers then see that through `check_writable`).
     async fn settle(&mut self) {
         if self.in_flight.is_some() {
-            let _ = self.complete().await;
+            let _ = self.finish(true).await;
         }
+    }
+
+    /// Drives the operation this call launched to its end; see [`Wal::finish`].
+    async fn complete(&mut self) -> WalResult<()> {
+        self.finish(false).await
     }
 
     /// Drives the operation in flight to its end and applies what it did to the log's memory.
     /// Returns its own result; a failure poisons the log, except a full disk met while sealing
     /// a recovery cut (nothing changed then). Cancel safe: dropped, it leaves the operation in
-    /// flight for the next call.
-    async fn complete(&mut self) -> WalResult<()> {
+    /// flight for the next call. `orphaned`: the call that launched it was dropped.
+    async fn finish(&mut self, orphaned: bool) -> WalResult<()> {
         let Some(in_flight) = self.in_flight.as_mut() else {
             return Ok(());
         };
@@ -618,6 +624,10 @@ impl<S: Storage + Clone> Wal<S> {
             .unwrap_or_else(PoisonError::into_inner);
         let (operation, result) = future.as_mut().await;
         let name = self.in_flight.take().expect("still in flight").operation;
+        if orphaned && is_on(Sabotage::SkipCancellationGuard) {
+            self.resources = operation.resources;
+            return Ok(());
+        }
         self.apply(operation);
         match result {
             Ok(()) => Ok(()),

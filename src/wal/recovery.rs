@@ -18,6 +18,7 @@ use crate::format::{
     decode_segment_header, parse_segment_file_name, SegmentHeader, SEGMENT_HEADER_FIELDS_BYTES,
     TEMPORARY_SUFFIX,
 };
+use crate::sabotage::{is_on, Sabotage};
 use crate::storage::{Storage, StorageFile, LOCK_FILE_NAME};
 use crate::wal::config::{RecoveryMode, WalConfig};
 use crate::wal::segment::{
@@ -492,7 +493,7 @@ impl ChainScan<'_> {
             last.truncate_after(first_discarded_index - 1);
         }
         self.terms.truncate_after(first_discarded_index - 1);
-        self.needs_new_segment = true;
+        self.needs_new_segment = !is_on(Sabotage::LeaveCutUnsealed);
         self.report.cut = Some(RecoveryCut {
             segment,
             offset,

@@ -18,6 +18,7 @@ use helix_wal::{
 use crate::model::{Model, Written};
 
 mod buffered;
+mod interrupt;
 mod plain;
 use crate::rng::Rng;
 
@@ -181,6 +182,10 @@ struct Simulation {
     directory_sync_failures: u64,
     /// Print every operation as it runs (`HELIX_SIM_TRACE=1`, for replays).
     print_trace: bool,
+    /// The entry a recovery cut away at the index the next append takes: one appended entry
+    /// in two after such a cut gets exactly its length and term, so that a record left behind
+    /// the cut lines up again if the cut was not sealed.
+    refill: Option<(u64, Written)>,
 }
 
 impl Simulation {
@@ -195,6 +200,12 @@ impl Simulation {
                 1
             },
             ..SimulatedConfig::new(seed)
+        };
+        // Three runs in four leave storage calls in flight (Pending for a while, completing at
+        // seeded points even when their future is dropped), so that dropped calls matter.
+        let settings = SimulatedConfig {
+            in_flight_rate: [0.0, 0.05, 0.25, 0.6][rng.below(4) as usize],
+            ..settings
         };
         let direct_io = settings.write_alignment_bytes > 1;
         let storage = SimulatedStorage::with_config(settings).expect("a valid configuration");
@@ -234,6 +245,7 @@ impl Simulation {
             },
             directory_sync_failures: 0,
             print_trace: std::env::var_os("HELIX_SIM_TRACE").is_some(),
+            refill: None,
         }
     }
 
@@ -346,6 +358,12 @@ impl Simulation {
 
     /// A new entry for the next index, sometimes in a newer term.
     fn next_entry(&mut self) -> Written {
+        if let Some((index, lost)) = self.refill.take() {
+            if index == self.model.next && self.rng.one_in(2) {
+                self.summary.entries_appended += 1;
+                return self.model.new_entry_like(lost);
+            }
+        }
         if self.rng.one_in(12) {
             self.model.term += 1;
         }
@@ -384,6 +402,11 @@ impl Simulation {
             );
         }
         let entries = self.check_recovered(&wal).await?;
+        self.refill = wal.recovery_report().cut.as_ref().and_then(|cut| {
+            let index = cut.first_discarded_index;
+            let lost = self.model.candidates.get(&index)?.last().copied()?;
+            Some((index, lost))
+        });
         self.model.recovered(first, &entries);
         self.note(format!(
             "recovered [{first}, {last}] under {mode:?}, cut: {:?}",

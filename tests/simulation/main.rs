@@ -183,6 +183,22 @@ mod meta {
         caught(Sabotage::KeepTornTail);
     }
 
+    // Proves the checker notices a log that finishes a dropped call's storage operation
+    // without bringing its memory in line (a truncation on disk that memory has not seen, so a
+    // later append is acknowledged and then lost), the bug cancel safety exists for.
+    #[test]
+    fn skipping_the_cancellation_guard_is_caught() {
+        caught(Sabotage::SkipCancellationGuard);
+    }
+
+    // Proves the checker notices a recovery that cuts a torn tail from its index but leaves
+    // the bytes after the cut in the segment it keeps appending to: a refilled record of the
+    // lost one's exact size lines the old records up again, and they come back.
+    #[test]
+    fn leaving_a_cut_unsealed_is_caught() {
+        caught(Sabotage::LeaveCutUnsealed);
+    }
+
     // Proves the checker notices a log that retries a failed fsync and carries on (fsyncgate).
     #[test]
     fn retrying_a_failed_fsync_is_caught() {

@@ -83,6 +83,17 @@ impl Model {
         }
     }
 
+    /// A new, never-seen entry with the length and term of `lost` (an entry a recovery cut),
+    /// whatever the model's current term: its record is exactly as long as the lost one's.
+    pub fn new_entry_like(&mut self, lost: Written) -> Written {
+        self.next_nonce += 1;
+        Written {
+            term: lost.term,
+            nonce: self.next_nonce,
+            length: lost.length,
+        }
+    }
+
     /// The log accepted `written` at `index` (buffered or written, not yet durable).
     pub fn appended(&mut self, index: u64, written: Written) {
         assert_eq!(index, self.next, "the model appends in order");

@@ -18,7 +18,7 @@ impl Simulation {
             self.operations_left -= 1;
             self.operation += 1;
             self.summary.operations += 1;
-            let flow = match self.rng.weighted(&[20, 10, 8, 6, 10, 6, 4, 4, 5, 4, 1]) {
+            let flow = match self.rng.weighted(&[20, 10, 8, 6, 10, 6, 4, 4, 5, 4, 1, 6]) {
                 0 => self.buffered_append(buffered, false).await?,
                 1 => self.buffered_append(buffered, true).await?,
                 2 => self.buffered_burst(buffered).await?,
@@ -66,6 +66,7 @@ impl Simulation {
                     self.note("the process dies".into());
                     Flow::Crash(self.random_crash())
                 }
+                11 => self.buffered_interrupted(buffered).await?,
                 _ => {
                     self.note("close".into());
                     match buffered.close().await {
@@ -233,7 +234,7 @@ impl Simulation {
 
     /// As [`Simulation::after_failure`], for the buffered front: entries buffered but not yet
     /// durable may or may not reach the file, and the log must refuse appends.
-    async fn buffered_failure(
+    pub(super) async fn buffered_failure(
         &mut self,
         buffered: &BufferedWal<SimulatedStorage>,
         error: WalError,

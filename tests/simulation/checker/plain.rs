@@ -15,7 +15,7 @@ impl Simulation {
             self.operations_left -= 1;
             self.operation += 1;
             self.summary.operations += 1;
-            let flow = match self.rng.weighted(&[20, 12, 15, 8, 10, 8, 4, 4, 4, 1]) {
+            let flow = match self.rng.weighted(&[20, 12, 15, 8, 10, 8, 4, 4, 4, 1, 8]) {
                 0 => self.plain_append(wal, 1, false).await?,
                 1 => {
                     let count = self.rng.between(2, MAX_BATCH_ENTRIES);
@@ -38,6 +38,7 @@ impl Simulation {
                     self.note("the process dies".into());
                     Flow::Crash(self.random_crash())
                 }
+                10 => self.plain_interrupted(wal).await?,
                 _ => {
                     self.note("close".into());
                     match wal.close().await {
