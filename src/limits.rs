@@ -47,6 +47,13 @@ pub const SIMULATED_SECTOR_SIZE_BYTES: usize = 512;
 /// so a stray huge offset must fail with EFBIG rather than allocate without bound.
 pub const SIMULATED_MAX_FILE_SIZE_BYTES: u64 = 1 << 30;
 
+/// Most storage calls `SimulatedStorage` keeps in flight at once (see
+/// `SimulatedConfig::in_flight_rate`); while that many are, further calls complete at once. Each
+/// in-flight operation completes at each later call with even odds, so a real run stays far
+/// below it: the bound only keeps a caller that drops future after future from growing the list
+/// without limit. 64 is a deep io_uring queue.
+pub const SIMULATED_MAX_IN_FLIGHT_OPERATIONS: usize = 64;
+
 /// Largest entry index the log accepts (2^62). Far beyond any real log; bounding it keeps index
 /// arithmetic on values read from disk free of overflow.
 pub const MAX_LOG_INDEX: u64 = 1 << 62;

@@ -252,17 +252,30 @@ mod cases {
     }
 }
 
-for_each_backend!(crate::cases;
-    write_then_read_back,
-    sparse_write_zero_fills_gap,
-    set_len_truncates_and_extends,
-    write_and_sync_writes,
-    reopen_keeps_synced_contents,
-    directory_operations,
-    missing_paths_are_errors,
-    open_directory_is_refused,
-    error_kinds_match_the_os,
-    concurrent_writers_do_not_mix,
-    huge_read_is_bounded_by_file_size,
-    open_read_only_reads,
-);
+/// Every case, for [`for_each_backend!`] and for the extra backend below.
+macro_rules! all_cases {
+    ($instantiate:ident!($($prefix:tt)*)) => {
+        $instantiate!($($prefix)* crate::cases;
+            write_then_read_back,
+            sparse_write_zero_fills_gap,
+            set_len_truncates_and_extends,
+            write_and_sync_writes,
+            reopen_keeps_synced_contents,
+            directory_operations,
+            missing_paths_are_errors,
+            open_directory_is_refused,
+            error_kinds_match_the_os,
+            concurrent_writers_do_not_mix,
+            huge_read_is_bounded_by_file_size,
+            open_read_only_reads
+        );
+    };
+}
+
+all_cases!(for_each_backend!());
+
+// The simulator with calls left in flight keeps the contract for callers that await them.
+all_cases!(backend_module!(
+    simulated_in_flight_backend,
+    Some(crate::common::Harness::simulated_in_flight()),
+));

@@ -21,6 +21,10 @@ pub fn io_uring_required() -> bool {
 /// Block size of the direct-I/O harnesses.
 pub const DIRECT_IO_BLOCK_BYTES: u64 = 4096;
 
+/// Chance that a call of the in-flight simulated harness is left in flight: even odds mix calls
+/// that complete at once with calls that overlap later ones.
+pub const SIMULATED_IN_FLIGHT_RATE: f64 = 0.5;
+
 /// Seed of `Harness::simulated` when `HELIX_SIM_SEED` is not set.
 pub const DEFAULT_SIMULATION_SEED: u64 = 0x5EED_0000_0001;
 
@@ -136,6 +140,15 @@ impl Harness {
     pub fn simulated_direct() -> Harness {
         Self::simulated_with(helix_wal::SimulatedConfig {
             write_alignment_bytes: DIRECT_IO_BLOCK_BYTES,
+            ..helix_wal::SimulatedConfig::new(simulation_seed())
+        })
+    }
+
+    /// SimulatedStorage that leaves half of all calls in flight (each returns `Pending` and
+    /// completes at a later, seeded point). Otherwise like [`Harness::simulated`].
+    pub fn simulated_in_flight() -> Harness {
+        Self::simulated_with(helix_wal::SimulatedConfig {
+            in_flight_rate: SIMULATED_IN_FLIGHT_RATE,
             ..helix_wal::SimulatedConfig::new(simulation_seed())
         })
     }

@@ -249,6 +249,14 @@ pub struct SimulatedConfig {
     /// it fails with EINVAL, and a successful write is durable when it returns (with what was
     /// written before it).
     pub write_alignment_bytes: u64,
+    /// Probability in `[0, 1]` that one storage call (any but `lock_dir`) is left in flight:
+    /// its future returns `Pending` and the call takes effect at a later, seeded point, whether
+    /// or not the future is still awaited, as a kernel finishes an I/O whose caller went away.
+    /// Operations in flight complete out of order, so a write whose future was dropped can land
+    /// after a later write to the same bytes. Default 0: every call completes in its first poll.
+    /// Changeable at run time with
+    /// [`SimulatedStorage::set_in_flight_rate`](super::SimulatedStorage::set_in_flight_rate).
+    pub in_flight_rate: f64,
 }
 
 impl SimulatedConfig {
@@ -260,6 +268,7 @@ impl SimulatedConfig {
             poison_files: true,
             faults: FaultConfig::none(),
             write_alignment_bytes: 1,
+            in_flight_rate: 0.0,
         }
     }
 
@@ -274,12 +283,24 @@ impl SimulatedConfig {
                 ),
             });
         }
+        validate_in_flight_rate(self.in_flight_rate)?;
         self.faults.validate()
     }
 }
 
+/// Checks that `rate` is a probability in `[0, 1]` (NaN is not).
+pub(super) fn validate_in_flight_rate(rate: f64) -> WalResult<()> {
+    if (0.0..=1.0).contains(&rate) {
+        return Ok(());
+    }
+    Err(WalError::InvalidConfig {
+        field: "in_flight_rate",
+        reason: format!("is {rate}; it must be a probability in [0, 1]"),
+    })
+}
+
 /// How many faults of each kind were injected (by rate or one-shot), plus ENOSPC from the
-/// capacity limit and crashes. A snapshot: later faults do not change it.
+/// capacity limit, calls left in flight, and crashes. A snapshot: later faults do not change it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FaultCounters {
     /// Injected write (and `set_len`) EIO errors.
@@ -308,6 +329,11 @@ pub struct FaultCounters {
     pub capacity_exhausted: u64,
     /// Crashes of every kind.
     pub crashes: u64,
+    /// Calls left in flight (see [`SimulatedConfig::in_flight_rate`]).
+    pub in_flight_submitted: u64,
+    /// Calls in flight whose future was dropped before they completed and which took effect
+    /// afterwards (completed, or applied by a crash): the caller gave up, the kernel did not.
+    pub in_flight_landed_after_drop: u64,
 }
 
 impl FaultCounters {
@@ -347,7 +373,8 @@ impl FaultCounters {
 }
 
 /// What one crash (or one failed sync's writeback) did to the unsynced state: how many pending
-/// operations survived, were lost, or were torn. Tests use it to prove an outcome happened.
+/// operations survived, were lost, or were torn, and what became of the calls in flight. Tests
+/// use it to prove an outcome happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CrashReport {
     /// Unsynced writes that reached the media whole.
@@ -374,4 +401,8 @@ pub struct CrashReport {
     pub directory_changes_kept: u64,
     /// Unsynced directory changes that were lost.
     pub directory_changes_lost: u64,
+    /// Calls in flight that the crash found applied (then settled like any unsynced change).
+    pub in_flight_applied: u64,
+    /// Calls in flight that the crash discarded: they never took effect.
+    pub in_flight_discarded: u64,
 }

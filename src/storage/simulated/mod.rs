@@ -24,10 +24,21 @@
 //! A failed `sync` behaves as Linux does (fsyncgate): a random part of the dirty data reaches the
 //! media, the rest is dropped and marked clean, so a retried sync succeeds without it. Handles
 //! poison themselves after a failed write, `set_len` or sync (see [`SimulatedConfig`]).
+//!
+//! # Calls left in flight
+//!
+//! With [`SimulatedConfig::in_flight_rate`] above 0, any call but `lock_dir` may return
+//! `Pending` and complete later, at a seeded point, whether or not its future is still there:
+//! a caller that gives up on a write (a timeout, a `select!`) does not stop it, and it may land
+//! after a later write to the same bytes, as an io_uring request or a blocking-pool pwrite does.
+//! A crash first resolves every call in flight: a process crash completes them all, a power loss
+//! completes or discards each one.
 
 mod config;
 mod errors;
 mod file;
+mod handle;
+mod in_flight;
 mod rng;
 mod tree;
 
@@ -37,7 +48,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 
 pub use config::{
     CrashReport, FaultConfig, FaultCounters, FaultKind, NoSpaceScope, OneShotFault, SimulatedConfig,
@@ -45,7 +55,8 @@ pub use config::{
 
 use super::{DirLock, Storage, StorageFile};
 use crate::error::{Poison, WalError, WalResult};
-use crate::limits::SIMULATED_MAX_FILE_SIZE_BYTES;
+use handle::{Handle, SimulatedFile};
+use in_flight::{Completion, CrashKind, InFlight};
 use rng::SimRng;
 use tree::{components, Node, NodeId, Tree};
 
@@ -75,6 +86,10 @@ struct State {
     tags: u64,
     /// Write alignment of direct I/O files, or 1 (see [`SimulatedConfig`]).
     write_alignment_bytes: u64,
+    /// Chance that a call is left in flight (see [`SimulatedConfig::in_flight_rate`]).
+    in_flight_rate: f64,
+    /// The calls in flight, in submission order.
+    in_flight: InFlight,
 }
 
 impl State {
@@ -154,6 +169,8 @@ impl SimulatedStorage {
             locks: std::collections::HashMap::new(),
             tags: 0,
             write_alignment_bytes: config.write_alignment_bytes,
+            in_flight_rate: config.in_flight_rate,
+            in_flight: InFlight::default(),
         };
         Ok(Self {
             shared: Arc::new(Mutex::new(state)),
@@ -199,7 +216,8 @@ impl SimulatedStorage {
     /// durable at once, as a directory that existed before the test would be.
     pub fn create_dir_all_durably(&self, dir: &Path) -> WalResult<()> {
         let names = components(dir);
-        self.namespace("create_dir_all", dir, |state| {
+        let mut state = self.lock();
+        let mut create = || {
             state.tree.create_dir_all(&names)?;
             for depth in 0..names.len() {
                 if let Some(parent) = state.tree.dir_for_sync(&names[..depth])? {
@@ -207,7 +225,8 @@ impl SimulatedStorage {
                 }
             }
             Ok(())
-        })
+        };
+        create().map_err(|source| WalError::io("create_dir_all", dir, source))
     }
 
     /// Sets the total capacity in bytes (`None`: unlimited). Existing data is kept even when it
@@ -239,13 +258,18 @@ impl SimulatedStorage {
 
     /// Power loss: keeps what was synced, settles everything else at random (see the module
     /// docs), and makes every open handle stale. Returns what happened to the unsynced state.
+    ///
+    /// Each call in flight is first either applied (and then settled like any unsynced change)
+    /// or discarded, at random and in a random order; its future returns a stale-handle error.
     pub fn crash(&self) -> CrashReport {
         let mut guard = self.lock();
         let state = &mut *guard;
+        let in_flight = in_flight::resolve_at_crash(state, CrashKind::PowerLoss);
         let mut report = state.tree.crash(&mut state.rng);
         for file in state.tree.files.values_mut() {
             file.settle_randomly(&mut state.rng, &mut report);
         }
+        (report.in_flight_applied, report.in_flight_discarded) = in_flight;
         state.restart(report)
     }
 
@@ -253,26 +277,61 @@ impl SimulatedStorage {
     /// see all of it, but nothing becomes more durable than it was (a later [`crash`] can still
     /// lose what was unsynced). Open handles become stale.
     ///
+    /// The kernel also finishes every call in flight first, in a random order (a sync among
+    /// them does make its file durable); their futures return a stale-handle error.
+    ///
     /// [`crash`]: SimulatedStorage::crash
     pub fn crash_keeping_everything(&self) {
         let mut state = self.lock();
+        in_flight::resolve_at_crash(&mut state, CrashKind::Process);
         state.generation += 1;
         state.counters.crashes += 1;
     }
 
-    /// Power loss in its deterministic worst case: everything unsynced is lost, no tearing.
+    /// Power loss in its deterministic worst case: everything unsynced is lost, no tearing, and
+    /// every call in flight is discarded (its future returns a stale-handle error).
     pub fn crash_losing_everything_unsynced(&self) -> CrashReport {
         let mut state = self.lock();
+        let in_flight =
+            in_flight::resolve_at_crash(&mut state, CrashKind::PowerLossLosingEverything);
         let mut report = state.tree.lose_pending();
         for file in state.tree.files.values_mut() {
             file.lose_pending(&mut report);
         }
+        (report.in_flight_applied, report.in_flight_discarded) = in_flight;
         state.restart(report)
     }
 
+    /// Replaces the chance that a call is left in flight (see
+    /// [`SimulatedConfig::in_flight_rate`]), after validating it. Calls already in flight stay
+    /// in flight and complete as before; 0 only stops new ones.
+    pub fn set_in_flight_rate(&self, rate: f64) -> WalResult<()> {
+        config::validate_in_flight_rate(rate)?;
+        self.lock().in_flight_rate = rate;
+        Ok(())
+    }
+
+    /// The current chance that a call is left in flight.
+    pub fn in_flight_rate(&self) -> f64 {
+        self.lock().in_flight_rate
+    }
+
+    /// Number of calls in flight now (submitted, not yet completed), whether or not anyone
+    /// still awaits them.
+    pub fn in_flight_count(&self) -> usize {
+        self.lock().in_flight.len()
+    }
+
+    /// Completes every call in flight now, in a random order, as a kernel given time does;
+    /// their futures see their results. Tests call it (after `set_in_flight_rate(0.0)`) to
+    /// reach a quiet machine before they verify without crashing.
+    pub fn complete_in_flight(&self) {
+        in_flight::complete_all(&mut self.lock());
+    }
+
     /// A hash of the whole simulated machine (namespace, contents volatile and durable, pending
-    /// operations, counters, crash count). Equal fingerprints mean equal states; tests use it to
-    /// prove determinism.
+    /// operations, calls in flight, counters, crash count). Equal fingerprints mean equal
+    /// states; tests use it to prove determinism.
     pub fn fingerprint(&self) -> u64 {
         let state = self.lock();
         let mut hash = Fingerprint::new();
@@ -296,19 +355,29 @@ impl SimulatedStorage {
             hash.u64(file.pending.len() as u64);
         }
         hash.u64(state.tree.pending_changes() as u64);
+        hash.u64(state.in_flight.len() as u64);
+        for (id, op, path) in state.in_flight.describe() {
+            hash.u64(id);
+            hash.bytes(op.as_bytes());
+            hash.bytes(path.as_os_str().as_encoded_bytes());
+        }
         hash.bytes(format!("{:?}", state.counters).as_bytes());
         hash.u64(state.generation);
         hash.finish()
     }
 
-    /// Runs a namespace operation under the lock, mapping its error to [`WalError::Io`].
-    fn namespace<T>(
+    /// Performs a namespace call on `path` (now or in flight), mapping its error to
+    /// [`WalError::Io`]. `work` gets the machine and the path.
+    fn namespace<T: Send + 'static>(
         &self,
         op: &'static str,
         path: &Path,
-        work: impl FnOnce(&mut State) -> io::Result<T>,
-    ) -> WalResult<T> {
-        work(&mut self.lock()).map_err(|source| WalError::io(op, path, source))
+        work: impl FnOnce(&mut State, &Path) -> io::Result<T> + Send + 'static,
+    ) -> Completion<T> {
+        let owned = path.to_path_buf();
+        in_flight::perform(self, op, path, move |state| {
+            work(state, &owned).map_err(|source| WalError::io(op, &owned, source))
+        })
     }
 }
 
@@ -343,76 +412,86 @@ impl Storage for SimulatedStorage {
 
     async fn open(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
         let names = components(path);
-        let (node, generation) = self.namespace("open", path, |state| {
-            if state.inject(FaultKind::OpenError, path) {
-                return Err(errors::input_output());
-            }
-            Ok((state.tree.open_file(&names)?, state.generation))
-        })?;
+        let (node, generation) = self
+            .namespace("open", path, move |state, path| {
+                if state.inject(FaultKind::OpenError, path) {
+                    return Err(errors::input_output());
+                }
+                Ok((state.tree.open_file(&names)?, state.generation))
+            })
+            .await?;
         Ok(Arc::new(SimulatedFile {
             storage: self.clone(),
-            path: path.to_path_buf(),
-            node,
-            generation,
-            poison: Poison::new(),
+            handle: Arc::new(Handle {
+                path: path.to_path_buf(),
+                node,
+                generation,
+                poison: Poison::new(),
+            }),
         }))
     }
 
     async fn exists(&self, path: &Path) -> WalResult<bool> {
         let names = components(path);
-        self.namespace("stat", path, |state| {
+        self.namespace("stat", path, move |state, _| {
             Ok(state.tree.lookup(&names)?.is_some())
         })
+        .await
     }
 
     async fn list(&self, dir: &Path) -> WalResult<Vec<PathBuf>> {
         let names = components(dir);
-        let entries = self.namespace("list", dir, |state| {
+        self.namespace("list", dir, move |state, dir| {
             if state.inject(FaultKind::ListError, dir) {
                 return Err(errors::input_output());
             }
-            state.tree.list(&names)
-        })?;
-        Ok(entries.iter().map(|name| dir.join(name)).collect())
+            let entries = state.tree.list(&names)?;
+            Ok(entries.iter().map(|name| dir.join(name)).collect())
+        })
+        .await
     }
 
     async fn is_dir(&self, path: &Path) -> WalResult<bool> {
         let names = components(path);
-        self.namespace("stat", path, |state| {
+        self.namespace("stat", path, move |state, _| {
             Ok(matches!(state.tree.lookup(&names)?, Some(Node::Dir(_))))
         })
+        .await
     }
 
     async fn remove(&self, path: &Path) -> WalResult<()> {
         let names = components(path);
-        self.namespace("remove", path, |state| {
+        self.namespace("remove", path, move |state, path| {
             if state.inject(FaultKind::RemoveError, path) {
                 return Err(errors::input_output());
             }
             state.tree.remove(&names)
         })
+        .await
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> WalResult<()> {
         let (from_names, to_names) = (components(from), components(to));
-        self.namespace("rename", from, |state| {
+        self.namespace("rename", from, move |state, from| {
             if state.inject(FaultKind::RenameError, from) {
                 return Err(errors::input_output());
             }
             state.tree.rename(&from_names, &to_names)
         })
+        .await
     }
 
     async fn create_dir_all(&self, dir: &Path) -> WalResult<()> {
         let names = components(dir);
-        self.namespace("create_dir_all", dir, |state| {
+        self.namespace("create_dir_all", dir, move |state, _| {
             state.tree.create_dir_all(&names)
         })
+        .await
     }
 
     async fn sync_dir(&self, dir: &Path) -> WalResult<()> {
         let names = components(dir);
-        self.namespace("fsync directory", dir, |state| {
+        self.namespace("fsync directory", dir, move |state, dir| {
             let Some(node) = state.tree.dir_for_sync(&names)? else {
                 return Ok(());
             };
@@ -424,6 +503,7 @@ impl Storage for SimulatedStorage {
             state.tree.sync_dir(node, None);
             Ok(())
         })
+        .await
     }
 
     fn temporary_file_tag(&self) -> String {
@@ -434,7 +514,10 @@ impl Storage for SimulatedStorage {
     }
 
     async fn lock_dir(&self, dir: &Path) -> WalResult<DirLock> {
+        // Never left in flight: a lock must be held once this returns. It is still a call, so
+        // it gives the calls in flight their chance to complete.
         let mut state = self.lock();
+        in_flight::complete_some(&mut state);
         let generation = state.generation;
         if state.locks.get(dir) == Some(&generation) {
             return Err(WalError::Locked {
@@ -447,204 +530,6 @@ impl Storage for SimulatedStorage {
             dir: dir.to_path_buf(),
             generation,
         }))
-    }
-}
-
-/// A file handle of [`SimulatedStorage`], valid until the next crash.
-#[derive(Debug)]
-struct SimulatedFile {
-    storage: SimulatedStorage,
-    path: PathBuf,
-    node: NodeId,
-    generation: u64,
-    poison: Poison,
-}
-
-impl SimulatedFile {
-    /// Runs `work` under the lock if the handle is not stale.
-    fn live<T>(
-        &self,
-        op: &'static str,
-        work: impl FnOnce(&mut State) -> io::Result<T>,
-    ) -> WalResult<T> {
-        let mut state = self.storage.lock();
-        if state.generation != self.generation {
-            return Err(WalError::io(op, &self.path, errors::stale_handle()));
-        }
-        work(&mut state).map_err(|source| WalError::io(op, &self.path, source))
-    }
-
-    /// Runs a write-class operation: refused when poisoned, and poisoning on failure (both only
-    /// while poisoning is enabled).
-    fn mutate<T>(
-        &self,
-        op: &'static str,
-        work: impl FnOnce(&mut State) -> io::Result<T>,
-    ) -> WalResult<T> {
-        let poison_files = {
-            let state = self.storage.lock();
-            if state.generation != self.generation {
-                // Staleness is not a failure of the file, so it does not poison.
-                return Err(WalError::io(op, &self.path, errors::stale_handle()));
-            }
-            state.poison_files
-        };
-        if poison_files {
-            self.poison.check()?;
-        }
-        self.live(op, work).map_err(|error| {
-            if poison_files {
-                self.poison.poison(error)
-            } else {
-                error
-            }
-        })
-    }
-
-    fn write_locked(&self, state: &mut State, offset: u64, data: Bytes) -> io::Result<()> {
-        if data.is_empty() {
-            return Ok(());
-        }
-        let length = data.len() as u64;
-        let end = offset
-            .checked_add(length)
-            .filter(|end| *end <= SIMULATED_MAX_FILE_SIZE_BYTES)
-            .ok_or_else(errors::file_too_large)?;
-        let alignment = state.write_alignment_bytes;
-        if offset % alignment != 0 || length % alignment != 0 {
-            // As O_DIRECT does: a misaligned write is refused before anything is written.
-            return Err(errors::invalid_input(
-                "direct I/O write not aligned to the block size",
-            ));
-        }
-        let current = state.file(self.node).volatile.len() as u64;
-        if state.inject(FaultKind::WriteError, &self.path) {
-            return Err(errors::input_output());
-        }
-        let no_space_eligible =
-            end > current || state.faults.no_space_scope == NoSpaceScope::AllWrites;
-        if no_space_eligible && state.inject(FaultKind::NoSpace, &self.path) {
-            return Err(errors::no_space());
-        }
-        if let Some(capacity) = state.capacity_bytes {
-            let growth = end.saturating_sub(current);
-            let used = state.tree.used_bytes();
-            if growth > 0 && used.saturating_add(growth) > capacity {
-                // The OS writes what fits, then the continuation fails with ENOSPC.
-                let room = capacity.saturating_sub(used);
-                let fits = (current + room).saturating_sub(offset).min(length);
-                state
-                    .file(self.node)
-                    .write(offset, data.slice(..fits as usize));
-                state.counters.capacity_exhausted += 1;
-                return Err(errors::no_space());
-            }
-        }
-        if length >= 2 && state.inject(FaultKind::ShortWrite, &self.path) {
-            let applied = 1 + state.rng.below(length - 1);
-            state
-                .file(self.node)
-                .write(offset, data.slice(..applied as usize));
-            return Err(errors::input_output());
-        }
-        let direct = state.write_alignment_bytes > 1;
-        state.file(self.node).write(offset, data);
-        if direct {
-            // O_DSYNC: durable on return, and so is what was written before.
-            state.file(self.node).sync();
-        }
-        Ok(())
-    }
-
-    fn sync_locked(&self, state: &mut State) -> io::Result<()> {
-        if state.inject(FaultKind::SyncError, &self.path) {
-            // fsyncgate: writeback failed part-way, and the kernel marks the rest clean.
-            let file = state
-                .tree
-                .files
-                .get_mut(&self.node)
-                .expect("live file node");
-            file.settle_randomly(&mut state.rng, &mut CrashReport::default());
-            return Err(errors::input_output());
-        }
-        state.file(self.node).sync();
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl StorageFile for SimulatedFile {
-    fn path(&self) -> &Path {
-        &self.path
-    }
-
-    async fn write_at(&self, offset: u64, data: Bytes) -> WalResult<()> {
-        self.mutate("write", |state| self.write_locked(state, offset, data))
-    }
-
-    fn write_alignment(&self) -> u64 {
-        self.storage.lock().write_alignment_bytes
-    }
-
-    async fn evict_cache(&self) -> WalResult<()> {
-        self.live("evict cache", |state| {
-            // Like POSIX_FADV_DONTNEED: clean pages are dropped, so reads see the media
-            // again; a file with unsynced writes keeps its dirty pages.
-            let file = state.file(self.node);
-            if file.pending.is_empty() {
-                file.restart_from_durable();
-            }
-            Ok(())
-        })
-    }
-
-    async fn read_at(&self, offset: u64, len: usize) -> WalResult<Bytes> {
-        self.live("read", |state| {
-            if state.inject(FaultKind::ReadError, &self.path) {
-                return Err(errors::input_output());
-            }
-            let contents = &state.file(self.node).volatile;
-            let start = usize::try_from(offset)
-                .unwrap_or(usize::MAX)
-                .min(contents.len());
-            let end = start.saturating_add(len).min(contents.len());
-            let mut data = contents[start..end].to_vec();
-            if !data.is_empty() && state.inject(FaultKind::ReadBitFlip, &self.path) {
-                let bit = state.rng.below(data.len() as u64 * 8) as usize;
-                data[bit / 8] ^= 1 << (bit % 8);
-            }
-            Ok(Bytes::from(data))
-        })
-    }
-
-    async fn size(&self) -> WalResult<u64> {
-        self.live("stat", |state| {
-            Ok(state.file(self.node).volatile.len() as u64)
-        })
-    }
-
-    async fn set_len(&self, len: u64) -> WalResult<()> {
-        self.mutate("set_len", |state| {
-            if len > SIMULATED_MAX_FILE_SIZE_BYTES {
-                return Err(errors::file_too_large());
-            }
-            if state.inject(FaultKind::WriteError, &self.path) {
-                return Err(errors::input_output());
-            }
-            state.file(self.node).set_len(len);
-            Ok(())
-        })
-    }
-
-    async fn sync(&self) -> WalResult<()> {
-        self.mutate("fsync", |state| self.sync_locked(state))
-    }
-
-    async fn write_at_and_sync(&self, offset: u64, data: Bytes) -> WalResult<()> {
-        self.mutate("write+fsync", |state| {
-            self.write_locked(state, offset, data)?;
-            self.sync_locked(state)
-        })
     }
 }
 

@@ -1,6 +1,9 @@
 //! Backend-specific tests of SimulatedStorage: the crash model (what a power loss keeps, loses
-//! and tears), each injected fault, the capacity limit, stale handles and determinism. The
+//! and tears), each injected fault, the capacity limit, stale handles, determinism, and calls
+//! left in flight (in_flight.rs). The
 //! generic contract is covered by the conformance suite, which also runs on this backend.
+
+mod in_flight;
 
 use std::io;
 use std::path::{Path, PathBuf};
