@@ -47,6 +47,18 @@ macro_rules! ensure_impl {
 }
 use ensure_impl as ensure;
 
+/// Simulated time after which a process's operations count as hung. The clock is paused, so
+/// it only runs when every task waits: a wedged call (an append that waits for ever) reaches
+/// this at once, while a run's own pauses add up to well under a minute.
+const HANG_LIMIT: std::time::Duration = std::time::Duration::from_secs(3_600);
+
+/// Runs `work`, failing the run if it is still waiting after [`HANG_LIMIT`] of simulated time.
+async fn hang_guard<T>(work: impl std::future::Future<Output = T>) -> Check<T> {
+    tokio::time::timeout(HANG_LIMIT, work)
+        .await
+        .map_err(|_| "an operation hung: it waited an hour of simulated time".to_string())
+}
+
 /// A run that broke an invariant.
 #[derive(Debug)]
 pub struct Failure {
@@ -289,13 +301,13 @@ impl Simulation {
         }
         let crash = match handle {
             Handle::Plain(mut wal) => {
-                let crash = self.drive_plain(&mut wal).await?;
+                let crash = hang_guard(self.drive_plain(&mut wal)).await??;
                 self.crash(crash);
                 drop(wal);
                 crash
             }
             Handle::Buffered(buffered) => {
-                let crash = self.drive_buffered(&buffered).await?;
+                let crash = hang_guard(self.drive_buffered(&buffered)).await??;
                 self.crash(crash);
                 drop(buffered);
                 crash
