@@ -4,7 +4,7 @@
  * Request life cycle on the ring thread:
  *
  *   pop -> start_request -> prepare_round -> (SQEs) -> handle_cqe ... -> advance_request
- *       -> either finish_request (complete hook) or prepare_round again.
+ *       -> either finish_request (settle hook, counted, complete hook) or prepare_round again.
  *
  * A round is one read or write SQE, optionally followed by a linked fdatasync SQE. A short
  * or failed write breaks the link and the kernel completes the fsync with -ECANCELED; the next
@@ -558,7 +558,9 @@ void helix_ring_read_stats(const struct helix_ring *ring, struct helix_ring_stat
     out->largest_batch = read_counter(&c->largest_batch);
     out->gather_timeouts = read_counter(&c->gather_timeouts);
     out->requests_started = read_counter(&c->requests_started);
-    out->requests_completed = read_counter(&c->requests_completed);
+    /* Acquire: pairs with the release in finish_request. */
+    out->requests_completed =
+        atomic_load_explicit(&c->requests_completed, memory_order_acquire);
     out->in_flight = read_counter(&c->in_flight);
     out->fixed_buffer_hits = read_counter(&c->fixed_buffer_hits);
     out->fixed_buffer_misses = read_counter(&c->fixed_buffer_misses);
@@ -803,10 +805,15 @@ static void finish_request(struct helix_ring *ring, const struct helix_ring_hook
                            struct helix_request *request)
 {
     detach_fixed_buffer(ring, request);
+    /* First, before the counters, a drained release or the owner can show it finished. */
+    if (hooks->settle)
+        hooks->settle(hooks->context, request);
     uncount_from_phase(ring, request);
     ring->in_flight--;
     atomic_store_explicit(&ring->counters.in_flight, ring->in_flight, memory_order_relaxed);
-    bump(&ring->counters.requests_completed, 1);
+    /* Release: pairs with the acquire in helix_ring_read_stats, so a reader that sees this
+     * completion counted sees what `settle` recorded. */
+    atomic_fetch_add_explicit(&ring->counters.requests_completed, 1, memory_order_release);
     /* After this call the request belongs to its owner again: do not touch it. */
     hooks->complete(hooks->context, request);
 }
