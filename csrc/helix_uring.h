@@ -166,7 +166,8 @@ struct helix_ring_stats {
     uint32_t held_file_slots;
     int32_t held_files_error;
     uint64_t held_files;
-    /* Of those, files released and waiting for the requests started before their release. */
+    /* Of those, files released and waiting for the requests started before their release
+     * (never more than `held_files` of the same snapshot). */
     uint64_t held_files_releasing;
     /* Largest number of requests this ring keeps in flight (CQ overflow bound). */
     uint32_t max_requests;
