@@ -214,6 +214,8 @@ static struct helix_ring_hooks shim_hooks(struct shim_run *run,
         .context = run,
         .pop = shim_pop,
         .has_pending = shim_has_pending,
+        /* Nothing to settle: these loops keep no state that a completion must update first. */
+        .settle = NULL,
         .complete = complete,
     };
     return hooks;

@@ -4,7 +4,7 @@
  * Request life cycle on the ring thread:
  *
  *   pop -> start_request -> prepare_round -> (SQEs) -> handle_cqe ... -> advance_request
- *       -> either finish_request (complete hook) or prepare_round again.
+ *       -> either finish_request (settle hook, counted, complete hook) or prepare_round again.
  *
  * A round is one read or write SQE, optionally followed by a linked fdatasync SQE. A short
  * or failed write breaks the link and the kernel completes the fsync with -ECANCELED; the next
@@ -96,9 +96,17 @@ struct ring_counters {
  * A release must not drop a file while a request started before it is still in flight (a
  * write of the log whose lock it is may still land). So every request is counted in one of two
  * phases; a release flips the phase and its slot is dropped once the old phase has no request
- * left. Releases that arrive while one drain runs wait for the next drain. */
+ * left. Releases that arrive while one drain runs wait for the next drain.
+ *
+ * Only the ring thread touches the table. Other threads (helix_ring_read_stats) read only the
+ * atomics `shown_slots`, `held` and `releasing`, and `error`, which is fixed at creation. The
+ * ring thread lowers `releasing` before `held` and lowers `held` with release; the stats read
+ * `held` with acquire and then `releasing`, so they never show more files releasing than
+ * held. */
 struct held_files {
+    /* Size of the table (0 when there is none), and the same for other threads to read. */
     uint32_t slots;
+    _Atomic uint32_t shown_slots;
     /* Per slot: enum held_slot. */
     uint8_t *in_use;
     int32_t *free_slots;
@@ -320,6 +328,7 @@ static void register_held_files(struct helix_ring *ring)
         return;
     }
     held->slots = slots;
+    atomic_store_explicit(&held->shown_slots, slots, memory_order_relaxed);
     /* Lowest slot first. */
     for (uint32_t i = 0; i < slots; i++)
         held->free_slots[i] = (int32_t)(slots - 1 - i);
@@ -361,7 +370,8 @@ static void drop_slot(struct helix_ring *ring, int32_t slot)
     }
     held->in_use[slot] = SLOT_FREE;
     held->free_slots[held->free_count++] = slot;
-    atomic_fetch_sub_explicit(&held->held, 1, memory_order_relaxed);
+    /* Release: a reader that sees this drop sees `releasing` lowered already (above). */
+    atomic_fetch_sub_explicit(&held->held, 1, memory_order_release);
 }
 
 /* Starts draining the current phase: requests from now on count in the other one. */
@@ -558,7 +568,9 @@ void helix_ring_read_stats(const struct helix_ring *ring, struct helix_ring_stat
     out->largest_batch = read_counter(&c->largest_batch);
     out->gather_timeouts = read_counter(&c->gather_timeouts);
     out->requests_started = read_counter(&c->requests_started);
-    out->requests_completed = read_counter(&c->requests_completed);
+    /* Acquire: pairs with the release in finish_request. */
+    out->requests_completed =
+        atomic_load_explicit(&c->requests_completed, memory_order_acquire);
     out->in_flight = read_counter(&c->in_flight);
     out->fixed_buffer_hits = read_counter(&c->fixed_buffer_hits);
     out->fixed_buffer_misses = read_counter(&c->fixed_buffer_misses);
@@ -568,14 +580,17 @@ void helix_ring_read_stats(const struct helix_ring *ring, struct helix_ring_stat
     out->sleeps = read_counter(&c->sleeps);
     out->wakeups_sent = read_counter(&c->wakeups_sent);
     out->fsyncs_submitted = read_counter(&c->fsyncs_submitted);
+    /* Fixed by helix_ring_create, before any other thread could reach the ring. */
     out->setup_flags = ring->setup_flags;
     out->registered_buffers = ring->pool.count;
     out->registration_error = ring->pool.registration_error;
-    out->held_file_slots = ring->held.slots;
     out->held_files_error = ring->held.error;
-    out->held_files = read_counter(&ring->held.held);
-    out->held_files_releasing = read_counter(&ring->held.releasing);
     out->max_requests = ring->max_requests;
+    /* The held-file table belongs to the ring thread: only its atomics are read (see
+     * `struct held_files`), `held` before `releasing`. */
+    out->held_file_slots = atomic_load_explicit(&ring->held.shown_slots, memory_order_relaxed);
+    out->held_files = atomic_load_explicit(&ring->held.held, memory_order_acquire);
+    out->held_files_releasing = read_counter(&ring->held.releasing);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -803,10 +818,15 @@ static void finish_request(struct helix_ring *ring, const struct helix_ring_hook
                            struct helix_request *request)
 {
     detach_fixed_buffer(ring, request);
+    /* First, before the counters, a drained release or the owner can show it finished. */
+    if (hooks->settle)
+        hooks->settle(hooks->context, request);
     uncount_from_phase(ring, request);
     ring->in_flight--;
     atomic_store_explicit(&ring->counters.in_flight, ring->in_flight, memory_order_relaxed);
-    bump(&ring->counters.requests_completed, 1);
+    /* Release: pairs with the acquire in helix_ring_read_stats, so a reader that sees this
+     * completion counted sees what `settle` recorded. */
+    atomic_fetch_add_explicit(&ring->counters.requests_completed, 1, memory_order_release);
     /* After this call the request belongs to its owner again: do not touch it. */
     hooks->complete(hooks->context, request);
 }
@@ -1049,8 +1069,10 @@ static void drop_held_files(struct helix_ring *ring)
     held->drain_count = 0;
     held->next_count = 0;
     held->draining = -1;
-    atomic_store_explicit(&held->held, 0, memory_order_relaxed);
+    /* `releasing` first, then `held` with release, as in drop_slot. */
     atomic_store_explicit(&held->releasing, 0, memory_order_relaxed);
+    atomic_store_explicit(&held->held, 0, memory_order_release);
+    atomic_store_explicit(&held->shown_slots, 0, memory_order_relaxed);
 }
 
 int helix_ring_run(struct helix_ring *ring, const struct helix_ring_hooks *hooks)

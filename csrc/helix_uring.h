@@ -123,11 +123,19 @@ struct helix_ring_hooks {
     struct helix_request *(*pop)(void *context);
     /* Non-zero when the queue holds at least one request (used before sleeping). */
     int (*has_pending)(void *context);
-    /* Hands a finished request back; `result` and `done` are final. */
+    /* A request is finished (`result` and `done` are final) but still the ring's: called
+     * before anything shows it finished (the counters, the release of a file it holds back,
+     * `complete`), so that what the owner records here, such as a failed write's poisoning,
+     * is visible to whoever sees the completion. NULL: nothing to settle. */
+    void (*settle)(void *context, const struct helix_request *request);
+    /* Hands a finished request back; `result` and `done` are final. Called after the request
+     * was counted in `requests_completed`. */
     void (*complete)(void *context, struct helix_request *request);
 };
 
-/* Counters, readable from any thread at any time (each value is individually consistent). */
+/* Counters, readable from any thread at any time (each value is individually consistent).
+ * A reader that sees a request counted in `requests_completed` also sees what `settle`
+ * recorded for it. */
 struct helix_ring_stats {
     uint64_t sqes_submitted;
     uint64_t enter_calls;
@@ -158,7 +166,8 @@ struct helix_ring_stats {
     uint32_t held_file_slots;
     int32_t held_files_error;
     uint64_t held_files;
-    /* Of those, files released and waiting for the requests started before their release. */
+    /* Of those, files released and waiting for the requests started before their release
+     * (never more than `held_files` of the same snapshot). */
     uint64_t held_files_releasing;
     /* Largest number of requests this ring keeps in flight (CQ overflow bound). */
     uint32_t max_requests;

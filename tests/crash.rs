@@ -901,25 +901,33 @@ fn power_loss_io_uring_buffered() {
     cut_power_repeatedly("io-uring-buffered", false);
 }
 
-// The meta-test: a writer that skips its fsyncs (feature `sabotage`) loses acknowledged entries
-// to the emulated power cuts, and the check catches it, while a process crash could not.
+/// Meta-tests (feature `sabotage`; scripts/test.sh runs the `meta` modules in a step of their
+/// own, with the deliberate bugs compiled in).
 #[cfg(feature = "sabotage")]
-#[test]
-fn power_loss_catches_a_writer_that_skips_fsync() {
-    let caught = std::panic::catch_unwind(|| {
-        crash_repeatedly("tokio", Crash::Power, DEFAULT_POWER_CUTS, true)
-    });
-    let panic = match caught {
-        // The machine cannot mount (already said loudly, and allowed): nothing ran.
-        Ok(tally) if tally.crashes == 0 => return,
-        Ok(_) => panic!("{DEFAULT_POWER_CUTS} power cuts did not catch a writer that never syncs"),
-        Err(panic) => panic,
-    };
-    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
-    assert!(
-        message.contains("lost") || message.contains("does not reopen"),
-        "the sabotaged run failed for another reason: {message}"
-    );
+mod meta {
+    use super::*;
+
+    // Proves the power-loss check catches a writer that skips its fsyncs: such a writer loses
+    // acknowledged entries to the emulated power cuts (a process crash could not show it).
+    #[test]
+    fn power_loss_catches_a_writer_that_skips_fsync() {
+        let caught = std::panic::catch_unwind(|| {
+            crash_repeatedly("tokio", Crash::Power, DEFAULT_POWER_CUTS, true)
+        });
+        let panic = match caught {
+            // The machine cannot mount (already said loudly, and allowed): nothing ran.
+            Ok(tally) if tally.crashes == 0 => return,
+            Ok(_) => {
+                panic!("{DEFAULT_POWER_CUTS} power cuts did not catch a writer that never syncs")
+            }
+            Err(panic) => panic,
+        };
+        let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(
+            message.contains("lost") || message.contains("does not reopen"),
+            "the sabotaged run failed for another reason: {message}"
+        );
+    }
 }
 
 // Proves the io_uring backend's directory lock outlasts a killed writer's in-flight direct

@@ -97,8 +97,11 @@ impl IoUringFile {
 
     /// Runs a write-class request (write, sync): refused when poisoned; poisons on failure.
     /// A shutdown is not a failure of the file: nothing was queued, so nothing poisons.
-    async fn mutate(&self, op: &'static str, request: Request) -> WalResult<()> {
+    /// The ring thread poisons first, under the name `op`, before anybody can see the failure
+    /// (see `shared.rs`); poisoning here again keeps the first failure and returns this one.
+    async fn mutate(&self, op: &'static str, mut request: Request) -> WalResult<()> {
         self.inner.poison.check()?;
+        request.owned.operation = op;
         match self.run(op, request).await {
             Ok(_) => Ok(()),
             Err(error @ WalError::Shutdown { .. }) => Err(error),

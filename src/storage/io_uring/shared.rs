@@ -8,12 +8,15 @@
 //! * Backpressure: a free slot is taken through a semaphore with one permit per free slot, so
 //!   when every slot is busy callers wait; nothing is dropped and nothing grows. The semaphore's
 //!   uncontended path is one atomic compare-and-swap; it locks only when callers must wait.
-//! * Completion: the ring thread stores the result in the slot and flips its state; the waiting
-//!   future is woken through the slot's `AtomicWaker`.
+//! * Completion: a failed write or fsync poisons its file on the ring thread (the shim's
+//!   `settle` hook) before the shim counts the request complete, whether or not anybody waits
+//!   for it; then the ring thread stores the result in the slot and flips its state, and the
+//!   waiting future is woken through the slot's `AtomicWaker`. So whoever sees a failed write
+//!   finished (its caller, the counters, a later write) sees its file poisoned.
 //! * Ownership: a slot's memory (the data being written, the read buffer, the open file) stays
 //!   in the slot until the request's last CQE. If the future is dropped first, the slot is
-//!   marked abandoned and the ring thread frees it on completion (and poisons the file if a
-//!   write failed), so the kernel never writes into or reads from freed memory.
+//!   marked abandoned and the ring thread frees it on completion, so the kernel never writes
+//!   into or reads from freed memory.
 //! * Latency: each slot notes when its request was handed to the ring thread; the completion
 //!   hook records the time to completion in the histogram of the request's operation.
 
@@ -74,6 +77,9 @@ pub(crate) struct Owned {
     /// The file a `HELIX_OP_HOLD_FILE` hands to the ring: open until the request completes,
     /// even if its caller gave up, so its descriptor cannot name another file meanwhile.
     pub(crate) held_file: Option<std::fs::File>,
+    /// The operation a failure of a write or fsync is reported as when it poisons `file`
+    /// (empty: a generic name).
+    pub(crate) operation: &'static str,
 }
 
 /// A request to execute.
@@ -239,10 +245,9 @@ impl Shared {
         }
     }
 
-    /// Settles a finished request whose caller gave up waiting: a failed write or fsync
-    /// poisons its file; a file the ring now holds for nobody is released.
+    /// Settles a finished request whose caller gave up waiting: a file the ring now holds for
+    /// nobody is released. (A failed write poisoned its file already, in `on_settle`.)
     fn settle_unclaimed(&self, outcome: &Outcome) {
-        poison_if_failed_write(outcome);
         if outcome.opcode == sys::HELIX_OP_HOLD_FILE && outcome.result == 0 {
             self.release_held_file(outcome.done);
         }
@@ -422,6 +427,18 @@ impl Shared {
         outcome
     }
 
+    /// Called on the ring thread when a request is finished, before anything shows it finished
+    /// (see `hook_settle`): a failed write or fsync poisons its file here, so that nobody sees
+    /// the failure counted or reported (or the write's slot free again) before the poisoning.
+    fn on_settle(&self, index: u32) {
+        let slot = &self.slots[index as usize];
+        // SAFETY: the ring side owns a slot until `on_complete` publishes it: QUEUED or
+        // ABANDONED here, and the waiting future touches neither `request` nor `owned` in
+        // those states (it only flips QUEUED to ABANDONED).
+        let (raw, owned) = unsafe { (&*slot.request.get(), &*slot.owned.get()) };
+        poison_if_failed_write(raw.opcode, raw.result, owned);
+    }
+
     /// Called on the ring thread when the shim hands a request back.
     fn on_complete(&self, index: u32, opcode: u32) {
         let slot = &self.slots[index as usize];
@@ -467,6 +484,7 @@ impl Shared {
                 continue;
             }
             self.set_result(index, errno);
+            self.on_settle(index);
             // Not a latency: the ring failed, the request never completed.
             self.on_complete(index, NO_OPERATION);
         }
@@ -476,6 +494,7 @@ impl Shared {
             if state == STATE_QUEUED || state == STATE_ABANDONED {
                 slot.leak.store(true, Ordering::Release);
                 self.set_result(index, errno);
+                self.on_settle(index);
                 self.on_complete(index, NO_OPERATION);
             }
         }
@@ -506,23 +525,28 @@ impl Shared {
             context: std::ptr::from_ref(self).cast_mut().cast::<c_void>(),
             pop: Some(hook_pop),
             has_pending: Some(hook_has_pending),
+            settle: Some(hook_settle),
             complete: Some(hook_complete),
         }
     }
 }
 
-/// A write or fsync whose future was dropped still poisons its file when it fails.
-fn poison_if_failed_write(outcome: &Outcome) {
+/// Poisons the file of a failed write or fsync (`result` is 0 or a negative errno).
+fn poison_if_failed_write(opcode: u32, result: i32, owned: &Owned) {
     // A failed write or fsync poisons, whether or not anybody waits for it (fsyncgate: the
     // dirty data may be gone).
-    if outcome.result >= 0 || outcome.opcode == sys::HELIX_OP_READ {
+    if result >= 0 || opcode == sys::HELIX_OP_READ {
         return;
     }
-    if let Some(file) = &outcome.owned.file {
+    if let Some(file) = &owned.file {
+        let operation = match owned.operation {
+            "" => "write or fsync",
+            named => named,
+        };
         let error = WalError::io(
-            "write or fsync",
+            operation,
             &file.path,
-            std::io::Error::from_raw_os_error(-outcome.result),
+            std::io::Error::from_raw_os_error(-result),
         );
         drop(file.poison.poison(error));
     }
@@ -564,6 +588,21 @@ unsafe extern "C" fn hook_has_pending(context: *mut c_void) -> i32 {
     // SAFETY: as in `hook_pop`.
     let shared = unsafe { shared_from(context) };
     i32::from(!shared.queue.is_empty())
+}
+
+/// Hook: a request is finished but not yet counted complete nor handed back.
+///
+/// # Safety
+///
+/// As for [`hook_complete`].
+unsafe extern "C" fn hook_settle(context: *mut c_void, request: *const sys::helix_request) {
+    // SAFETY: as in `hook_pop`.
+    let shared = unsafe { shared_from(context) };
+    // SAFETY: as in `hook_complete`: the ring thread still owns the request.
+    let tag = unsafe { (*request).user_data };
+    if tag != RELEASE_TAG {
+        shared.on_settle(tag as u32);
+    }
 }
 
 /// Hook: a request is finished.
