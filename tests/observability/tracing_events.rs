@@ -28,7 +28,7 @@ impl Captured {
     }
 }
 
-/// A subscriber that keeps every event and ignores spans.
+/// The events one test keeps (those emitted on its thread).
 #[derive(Clone, Default)]
 struct Capture {
     events: Arc<Mutex<Vec<Captured>>>,
@@ -59,7 +59,16 @@ impl Visit for Fields {
     }
 }
 
-impl tracing::Subscriber for Capture {
+/// The one global subscriber: it hands each event to the capture registered for the thread that
+/// emits it. Global rather than per thread, because tracing caches whether a callsite is wanted
+/// when the callsite is first hit: hit first on a thread without a subscriber, it was cached
+/// as unwanted and a per-thread subscriber on another thread then missed its events.
+struct Router;
+
+/// The capture of each thread that runs a test.
+static CAPTURES: Mutex<Vec<(std::thread::ThreadId, Capture)>> = Mutex::new(Vec::new());
+
+impl tracing::Subscriber for Router {
     fn enabled(&self, _metadata: &Metadata<'_>) -> bool {
         true
     }
@@ -73,9 +82,19 @@ impl tracing::Subscriber for Capture {
     fn record_follows_from(&self, _span: &Id, _follows: &Id) {}
 
     fn event(&self, event: &Event<'_>) {
+        let thread = std::thread::current().id();
+        let capture = CAPTURES
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(id, _)| *id == thread)
+            .map(|(_, capture)| capture.clone());
+        let Some(capture) = capture else {
+            return;
+        };
         let mut fields = Fields(BTreeMap::new());
         event.record(&mut fields);
-        self.events.lock().unwrap().push(Captured {
+        capture.events.lock().unwrap().push(Captured {
             level: *event.metadata().level(),
             fields: fields.0,
         });
@@ -86,14 +105,21 @@ impl tracing::Subscriber for Capture {
     fn exit(&self, _span: &Id) {}
 }
 
-/// Runs `test` on a current-thread runtime with `capture` as this thread's subscriber (the
+/// Runs `test` on a current-thread runtime with `capture` keeping this thread's events (the
 /// log's events are emitted on this thread).
 fn capturing<F: std::future::Future<Output = ()>>(capture: &Capture, test: F) {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        tracing::subscriber::set_global_default(Router).expect("no other global subscriber");
+    });
+    let thread = std::thread::current().id();
+    CAPTURES.lock().unwrap().push((thread, capture.clone()));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    tracing::subscriber::with_default(capture.clone(), || runtime.block_on(test));
+    runtime.block_on(test);
+    CAPTURES.lock().unwrap().retain(|(id, _)| *id != thread);
 }
 
 fn entry(index: u64) -> Entry {
