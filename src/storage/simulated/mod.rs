@@ -22,8 +22,9 @@
 //! * Handles opened before the crash fail every call with an I/O error; the log must reopen.
 //!
 //! A failed `sync` behaves as Linux does (fsyncgate): a random part of the dirty data reaches the
-//! media, the rest is dropped and marked clean, so a retried sync succeeds without it. Handles
-//! poison themselves after a failed write, `set_len` or sync (see [`SimulatedConfig`]).
+//! media, the rest is dropped and marked clean, so a retried sync succeeds without it. Handles do
+//! not poison themselves: [`CheckedStorage`](crate::CheckedStorage), which the log wraps every
+//! backend in, refuses writes after a failure.
 
 mod config;
 mod errors;
@@ -44,7 +45,7 @@ pub use config::{
 };
 
 use super::{DirLock, Storage, StorageFile};
-use crate::error::{Poison, WalError, WalResult};
+use crate::error::{WalError, WalResult};
 use crate::limits::SIMULATED_MAX_FILE_SIZE_BYTES;
 use rng::SimRng;
 use tree::{components, Node, NodeId, Tree};
@@ -64,7 +65,6 @@ struct State {
     one_shots: Vec<OneShotFault>,
     counters: FaultCounters,
     capacity_bytes: Option<u64>,
-    poison_files: bool,
     /// Incremented by every crash; handles from an older generation are stale.
     generation: u64,
     tree: Tree,
@@ -73,7 +73,7 @@ struct State {
     locks: std::collections::HashMap<PathBuf, u64>,
     /// Temporary file tags handed out, so names depend on the run, not on the process.
     tags: u64,
-    /// Write alignment of direct I/O files, or 1 (see [`SimulatedConfig`]).
+    /// Write alignment of files opened with `open_direct`, or 1 (see [`SimulatedConfig`]).
     write_alignment_bytes: u64,
 }
 
@@ -148,7 +148,6 @@ impl SimulatedStorage {
             one_shots: Vec::new(),
             counters: FaultCounters::default(),
             capacity_bytes: config.capacity_bytes,
-            poison_files: config.poison_files,
             generation: 0,
             tree: Tree::new(),
             locks: std::collections::HashMap::new(),
@@ -219,12 +218,6 @@ impl SimulatedStorage {
     /// Bytes held by the files currently linked in the namespace (what capacity counts).
     pub fn used_bytes(&self) -> u64 {
         self.lock().tree.used_bytes()
-    }
-
-    /// Turns per-handle poisoning on (the contract; the default) or off. Off exists only so
-    /// meta-tests can show that a log retrying a failed fsync is caught by the checker.
-    pub fn set_poison_files(&self, enabled: bool) {
-        self.lock().poison_files = enabled;
     }
 
     /// A snapshot of the injected-fault counters.
@@ -342,20 +335,17 @@ impl Storage for SimulatedStorage {
     }
 
     async fn open(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
-        let names = components(path);
-        let (node, generation) = self.namespace("open", path, |state| {
-            if state.inject(FaultKind::OpenError, path) {
-                return Err(errors::input_output());
-            }
-            Ok((state.tree.open_file(&names)?, state.generation))
-        })?;
-        Ok(Arc::new(SimulatedFile {
-            storage: self.clone(),
-            path: path.to_path_buf(),
-            node,
-            generation,
-            poison: Poison::new(),
-        }))
+        self.open_as(path, Opened::Buffered)
+    }
+
+    /// Files opened this way behave as direct I/O files when
+    /// [`SimulatedConfig::write_alignment_bytes`] is above 1.
+    async fn open_direct(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
+        self.open_as(path, Opened::Direct)
+    }
+
+    async fn open_read_only(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
+        self.open_as(path, Opened::ReadOnly)
     }
 
     async fn exists(&self, path: &Path) -> WalResult<bool> {
@@ -450,6 +440,45 @@ impl Storage for SimulatedStorage {
     }
 }
 
+impl SimulatedStorage {
+    /// Opens a handle; only a writable open creates a missing file.
+    fn open_as(&self, path: &Path, opened: Opened) -> WalResult<Arc<dyn StorageFile>> {
+        let names = components(path);
+        let (node, generation) = self.namespace("open", path, |state| {
+            if state.inject(FaultKind::OpenError, path) {
+                return Err(errors::input_output());
+            }
+            let node = match opened {
+                Opened::Buffered | Opened::Direct => state.tree.open_file(&names)?,
+                Opened::ReadOnly => match state.tree.lookup(&names)? {
+                    Some(Node::File(node)) => node,
+                    Some(Node::Dir(_)) => return Err(errors::is_a_directory()),
+                    None => return Err(errors::not_found()),
+                },
+            };
+            Ok((node, state.generation))
+        })?;
+        Ok(Arc::new(SimulatedFile {
+            storage: self.clone(),
+            path: path.to_path_buf(),
+            node,
+            generation,
+            opened,
+        }))
+    }
+}
+
+/// How a handle was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opened {
+    /// `open`: any write.
+    Buffered,
+    /// `open_direct`: the configured write alignment, and writes durable on return.
+    Direct,
+    /// `open_read_only`: writes fail with EBADF.
+    ReadOnly,
+}
+
 /// A file handle of [`SimulatedStorage`], valid until the next crash.
 #[derive(Debug)]
 struct SimulatedFile {
@@ -457,7 +486,7 @@ struct SimulatedFile {
     path: PathBuf,
     node: NodeId,
     generation: u64,
-    poison: Poison,
+    opened: Opened,
 }
 
 impl SimulatedFile {
@@ -474,31 +503,26 @@ impl SimulatedFile {
         work(&mut state).map_err(|source| WalError::io(op, &self.path, source))
     }
 
-    /// Runs a write-class operation: refused when poisoned, and poisoning on failure (both only
-    /// while poisoning is enabled).
+    /// Runs a write-class operation (write, `set_len`, sync). It does not poison the handle:
+    /// [`CheckedStorage`](crate::CheckedStorage) refuses writes after a failure, for every
+    /// backend.
     fn mutate<T>(
         &self,
         op: &'static str,
         work: impl FnOnce(&mut State) -> io::Result<T>,
     ) -> WalResult<T> {
-        let poison_files = {
-            let state = self.storage.lock();
-            if state.generation != self.generation {
-                // Staleness is not a failure of the file, so it does not poison.
-                return Err(WalError::io(op, &self.path, errors::stale_handle()));
-            }
-            state.poison_files
-        };
-        if poison_files {
-            self.poison.check()?;
+        if self.opened == Opened::ReadOnly {
+            return Err(WalError::io(op, &self.path, errors::bad_descriptor()));
         }
-        self.live(op, work).map_err(|error| {
-            if poison_files {
-                self.poison.poison(error)
-            } else {
-                error
-            }
-        })
+        self.live(op, work)
+    }
+
+    /// The write alignment of this handle: the configured one if it was opened for direct I/O.
+    fn alignment(&self, state: &State) -> u64 {
+        match self.opened {
+            Opened::Direct => state.write_alignment_bytes,
+            Opened::Buffered | Opened::ReadOnly => 1,
+        }
     }
 
     fn write_locked(&self, state: &mut State, offset: u64, data: Bytes) -> io::Result<()> {
@@ -510,7 +534,7 @@ impl SimulatedFile {
             .checked_add(length)
             .filter(|end| *end <= SIMULATED_MAX_FILE_SIZE_BYTES)
             .ok_or_else(errors::file_too_large)?;
-        let alignment = state.write_alignment_bytes;
+        let alignment = self.alignment(state);
         if offset % alignment != 0 || length % alignment != 0 {
             // As O_DIRECT does: a misaligned write is refused before anything is written.
             return Err(errors::invalid_input(
@@ -547,7 +571,7 @@ impl SimulatedFile {
                 .write(offset, data.slice(..applied as usize));
             return Err(errors::input_output());
         }
-        let direct = state.write_alignment_bytes > 1;
+        let direct = alignment > 1;
         state.file(self.node).write(offset, data);
         if direct {
             // O_DSYNC: durable on return, and so is what was written before.
@@ -583,7 +607,7 @@ impl StorageFile for SimulatedFile {
     }
 
     fn write_alignment(&self) -> u64 {
-        self.storage.lock().write_alignment_bytes
+        self.alignment(&self.storage.lock())
     }
 
     async fn evict_cache(&self) -> WalResult<()> {
