@@ -58,7 +58,7 @@ async fn files(
     let mut files = Vec::new();
     for number in 0..count {
         let file = storage
-            .open(&dir.join(format!("file-{number}")))
+            .open_direct(&dir.join(format!("file-{number}")))
             .await
             .expect("open");
         let whole = common::payload(BLOCK_BYTES * FILE_BLOCKS as usize);

@@ -45,9 +45,12 @@ export HELIX_REQUIRE_ROOT_TESTS="${HELIX_REQUIRE_ROOT_TESTS:-$root_default}"
 # The features that ship: all but `sabotage`, whose deliberate bugs exist for the meta-tests
 # only (`baselines` comes with `cli`).
 shipped_features="io-uring,cli,metrics"
+# `test-support` is test-only, not shipped (it exposes the public storage conformance suite):
+# it is added to the test run so that tests/storage_conformance.rs (required-features) runs.
+test_features="$shipped_features,test-support"
 
-step "tests, shipped features ($shipped_features)"
-cargo test --features "$shipped_features"
+step "tests, shipped features and test-support ($test_features)"
+cargo test --features "$test_features"
 
 # Meta-tests (each checker catches the bug it exists for) live in `meta` modules behind the
 # `sabotage` feature. Only the test targets that hold them are built again, bugs compiled in:

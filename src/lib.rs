@@ -11,6 +11,8 @@
 //! and after a failed write or fsync the log refuses further writes.
 #![warn(missing_docs)]
 
+#[cfg(feature = "test-support")]
+pub mod conformance;
 mod error;
 mod format;
 mod limits;
@@ -34,9 +36,10 @@ pub use stats::{GroupCommitStats, LatencyHistogram, WalStats};
 #[cfg(feature = "baselines")]
 pub use storage::NaiveTokioStorage;
 pub use storage::{
-    create_storage, create_storage_with, CrashReport, FaultConfig, FaultCounters, FaultKind,
-    NoSpaceScope, OneShotFault, SimulatedConfig, SimulatedStorage, Storage, StorageChoice,
-    StorageFile, StorageOptions, TokioStorage,
+    create_storage, create_storage_with, CheckedFile, CheckedStorage, CrashReport, DirLock,
+    FaultConfig, FaultCounters, FaultKind, NoSpaceScope, OneShotFault, SimulatedConfig,
+    SimulatedStorage, Storage, StorageChoice, StorageFile, StorageOptions, TokioStorage,
+    LOCK_FILE_NAME,
 };
 #[cfg(all(target_os = "linux", feature = "io-uring"))]
 pub use storage::{

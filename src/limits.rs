@@ -136,6 +136,10 @@ const _: () = assert!(SEGMENT_HEADER_SIZE_BYTES % RECORD_ALIGNMENT_BYTES == 0);
 const _: () = assert!(MAX_WRITE_ALIGNMENT_BYTES.is_power_of_two());
 // Segment sizes are whole pages, so a segment ends on a boundary of every accepted alignment.
 const _: () = assert!(4096 % MAX_WRITE_ALIGNMENT_BYTES == 0);
+// Segments are zero-filled through `open_direct` in chunks of this size (the last one a whole
+// number of pages), so every chunk is aligned for direct I/O; so is the header.
+const _: () = assert!(ZERO_FILL_CHUNK_BYTES % MAX_WRITE_ALIGNMENT_BYTES == 0);
+const _: () = assert!(SEGMENT_HEADER_SIZE_BYTES % MAX_WRITE_ALIGNMENT_BYTES == 0);
 const _: () = assert!(RECORD_HEADER_SIZE_BYTES % RECORD_ALIGNMENT_BYTES == 0);
 const _: () = assert!(DEFAULT_MAX_ENTRY_SIZE_BYTES <= HARD_MAX_ENTRY_SIZE_BYTES);
 // The default segment holds many maximum-size entries.

@@ -18,7 +18,9 @@ pub enum Sabotage {
     /// Recovery keeps a torn record whose header survived (its checksum fails) instead of
     /// cutting the log before it.
     KeepTornTail,
-    /// A failed fsync is retried and, if the retry succeeds, the log carries on unpoisoned.
+    /// A failed fsync is retried and, if the retry succeeds, the log carries on unpoisoned. The
+    /// log's [`CheckedStorage`](crate::CheckedStorage) neither refuses nor records anything while
+    /// this is on, so the retry reaches the storage.
     RetryFailedFsync,
     /// The operation of a dropped call is finished on disk by the next call, but what it
     /// changed is not applied to the log's memory (the state before cancel safety).

@@ -217,7 +217,10 @@ async fn flood_writer(dir: &Path) {
     storage.create_dir_all(dir).await.expect("directory");
     let _lock = storage.lock_dir(dir).await.expect("lock");
 
-    let file = storage.open(&dir.join(flood::FILE)).await.expect("open");
+    let file = storage
+        .open_direct(&dir.join(flood::FILE))
+        .await
+        .expect("open");
     // Every block written and synced first, so that the flood is of pure overwrites, which
     // the kernel issues to the device at once rather than handing to a worker thread.
     let zeros = Bytes::from(vec![0u8; flood::WRITE_BYTES as usize]);

@@ -1,6 +1,7 @@
 //! Tests specific to the io_uring backend: its counters, batching, the linked write+fsync pair
 //! and its recovery from short writes, cancellation, shutdown, backpressure and concurrency.
-//! The generic storage contract is proven for it by the conformance suite (`for_each_backend!`).
+//! The generic storage contract is proven for it, buffered and in the default direct-I/O
+//! configuration, by the conformance suite (tests/storage_conformance.rs).
 //!
 //! When the machine refuses io_uring, each test says so loudly on stderr and returns (set
 //! `HELIX_REQUIRE_IO_URING=1` to turn that into a failure).
@@ -8,6 +9,7 @@
 
 mod common;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,8 +28,8 @@ const IDLE_WAIT_LIMIT: Duration = Duration::from_secs(60);
 /// A page, the granularity of the short-write test hook.
 const PAGE_BYTES: usize = 4096;
 
-/// The default configuration with buffered writes (and linked fsyncs) instead of direct I/O:
-/// most tests here write at arbitrary offsets, which direct I/O refuses.
+/// The default configuration with buffered writes (and linked fsyncs) instead of direct I/O,
+/// even for files from `open_direct`.
 fn buffered() -> IoUringConfig {
     IoUringConfig {
         direct_io: false,
@@ -144,7 +146,8 @@ async fn a_lone_writer_needs_about_two_enters_per_write() {
         return;
     };
     harness.storage.create_dir_all(&harness.dir).await.unwrap();
-    let file = harness.storage.open(&harness.dir.join("a")).await.unwrap();
+    let path = harness.dir.join("a");
+    let file = harness.storage.open_direct(&path).await.unwrap();
     let alignment = file.write_alignment().max(1) as usize;
     let length = 4096usize.next_multiple_of(alignment);
     let before = wait_until_idle(&storage).await;
@@ -331,29 +334,45 @@ async fn dropping_a_future_mid_write_keeps_its_buffer_alive() {
 }
 
 // Proves a failed write poisons its file even when nobody awaits it: the write (at an offset
-// the kernel rejects) is dropped after one poll; later writes and syncs are refused as
-// Poisoned while reads keep working.
+// the kernel rejects) is dropped after one poll; the ring thread records the failure it settles
+// for nobody, so later writes and syncs of the bare file (no CheckedStorage above it, which
+// could not see the failure) are refused as Poisoned while reads keep working. A write whose
+// one poll already saw it fail was not abandoned (its caller got the error): the attempt is
+// repeated on a fresh file until one is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_write_poisons_even_when_its_future_is_dropped() {
+    const ATTEMPTS: usize = 100;
     let Some((harness, storage)) = harness_with(buffered()) else {
         return;
     };
     harness.storage.create_dir_all(&harness.dir).await.unwrap();
-    let file = harness.storage.open(&harness.dir.join("a")).await.unwrap();
-    file.write_at(0, Bytes::from_static(b"kept")).await.unwrap();
     let bad_offset = u64::MAX - 16;
-    let before = wait_until_idle(&storage).await;
-    let write = file.write_at(bad_offset, Bytes::from_static(b"rejected"));
-    let _ = tokio::time::timeout(Duration::ZERO, write).await;
-    // Idle is not enough: the ring thread may not have taken the abandoned write yet.
-    wait_for_completions(&storage, before.requests_completed + 1).await;
-    let refused = file.write_at(4, Bytes::from_static(b"x")).await;
-    assert!(
-        matches!(refused, Err(WalError::Poisoned { .. })),
-        "{refused:?}"
-    );
-    assert!(file.sync().await.unwrap_err().is_poisoned());
-    assert_eq!(&file.read_at(0, 4).await.unwrap()[..], b"kept");
+    for attempt in 0..ATTEMPTS {
+        let path = harness.dir.join(format!("a{attempt}"));
+        let file = harness.storage.open(&path).await.unwrap();
+        file.write_at(0, Bytes::from_static(b"kept")).await.unwrap();
+        let before = wait_until_idle(&storage).await;
+        let mut write = Box::pin(file.write_at(bad_offset, Bytes::from_static(b"rejected")));
+        let polled = std::future::poll_fn(|context| {
+            std::task::Poll::Ready(write.as_mut().poll(context).is_ready())
+        })
+        .await;
+        drop(write);
+        if polled {
+            continue;
+        }
+        // Idle is not enough: the ring thread may not have taken the abandoned write yet.
+        wait_for_completions(&storage, before.requests_completed + 1).await;
+        let refused = file.write_at(4, Bytes::from_static(b"x")).await;
+        assert!(
+            matches!(refused, Err(WalError::Poisoned { .. })),
+            "{refused:?}"
+        );
+        assert!(file.sync().await.unwrap_err().is_poisoned());
+        assert_eq!(&file.read_at(0, 4).await.unwrap()[..], b"kept");
+        return;
+    }
+    panic!("in {ATTEMPTS} attempts the write always failed within its first poll");
 }
 
 // Proves graceful shutdown with operations in flight: 64 durable writes are racing when the
@@ -879,11 +898,12 @@ async fn works_without_registered_buffers() {
     assert_eq!(stats.registered_buffer_hits, 0);
 }
 
-// Proves direct I/O mode really bypasses the page cache and needs no fsync: the file demands
-// 4096-byte alignment, a misaligned write is refused by the kernel (EINVAL, which only an
-// O_DIRECT descriptor does) and poisons that file, and an aligned durable write, from a
-// registered buffer or from aligned heap memory when it does not fit one, queues no fsync
-// (O_DSYNC makes the write itself durable) and reads back through the buffered descriptor.
+// Proves direct I/O mode really bypasses the page cache and needs no fsync: a file from
+// open_direct demands 4096-byte alignment, a misaligned write is refused by the kernel (EINVAL,
+// which only an O_DIRECT descriptor does) while a file from open takes it, and an aligned
+// durable write, from a registered buffer or from aligned heap memory when it does not fit one,
+// queues no fsync (O_DSYNC makes the write itself durable) and reads back through the buffered
+// descriptor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_io_writes_whole_blocks_without_fsync() {
     let config = IoUringConfig::default();
@@ -892,7 +912,8 @@ async fn direct_io_writes_whole_blocks_without_fsync() {
         return;
     };
     harness.storage.create_dir_all(&harness.dir).await.unwrap();
-    let misaligned = harness.storage.open(&harness.dir.join("a")).await.unwrap();
+    let misaligned = harness.storage.open_direct(&harness.dir.join("a")).await;
+    let misaligned = misaligned.unwrap();
     assert_eq!(misaligned.write_alignment(), PAGE_BYTES as u64);
     let refused = misaligned.write_at(100, Bytes::from_static(b"x")).await;
     match refused {
@@ -901,9 +922,15 @@ async fn direct_io_writes_whole_blocks_without_fsync() {
         }
         other => panic!("a misaligned direct write was not refused: {other:?}"),
     }
-    assert!(misaligned.sync().await.unwrap_err().is_poisoned());
+    let plain = harness.storage.open(&harness.dir.join("a")).await.unwrap();
+    assert_eq!(plain.write_alignment(), 1);
+    plain
+        .write_at_and_sync(100, Bytes::from_static(b"x"))
+        .await
+        .unwrap();
 
-    let file = harness.storage.open(&harness.dir.join("b")).await.unwrap();
+    let file = harness.storage.open_direct(&harness.dir.join("b")).await;
+    let file = file.unwrap();
     for (offset, length) in [(0u64, PAGE_BYTES), (PAGE_BYTES as u64, 32 * PAGE_BYTES)] {
         let data = pattern(offset as u32 + 1, length);
         let before = wait_until_idle(&storage).await;
@@ -922,8 +949,9 @@ async fn direct_io_writes_whole_blocks_without_fsync() {
     assert!(stats.registered_buffer_hits >= 1 && stats.registered_buffer_misses >= 1);
 }
 
-// Proves the fallback when a filesystem refuses O_DIRECT: files opened then are buffered (no
-// alignment demanded, durable writes by a linked fsync), and a log on them works and reopens.
+// Proves the fallback when a filesystem refuses O_DIRECT: files from open_direct are then
+// buffered (no alignment demanded, durable writes by a linked fsync), and a log on them works
+// and reopens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filesystem_refusing_direct_io_gets_buffered_files() {
     use helix_wal::{Entry, Wal, WalConfig};
@@ -932,7 +960,8 @@ async fn a_filesystem_refusing_direct_io_gets_buffered_files() {
     };
     storage.refuse_direct_io_for_testing();
     harness.storage.create_dir_all(&harness.dir).await.unwrap();
-    let file = harness.storage.open(&harness.dir.join("a")).await.unwrap();
+    let file = harness.storage.open_direct(&harness.dir.join("a")).await;
+    let file = file.unwrap();
     assert_eq!(file.write_alignment(), 1);
     let before = storage.stats().fsyncs_submitted;
     file.write_at_and_sync(3, Bytes::from_static(b"unaligned"))

@@ -2,7 +2,7 @@
 //!
 //! The log (entries, segments, recovery) talks to storage exclusively through [`Storage`] and
 //! [`StorageFile`]; backends know nothing about entries. Every backend passes one conformance
-//! suite (`tests/storage_conformance.rs`).
+//! suite (`helix_wal::conformance`, feature `test-support`).
 //!
 //! # The contract every backend keeps
 //!
@@ -14,17 +14,29 @@
 //!   the parent directory returns `Ok`.
 //! * **Whole writes.** [`StorageFile::write_at`] writes all of `data` or returns an error; a
 //!   short write by the OS is continued internally, never reported as success.
+//! * **Any offset through `open`.** A file from [`Storage::open`] takes writes of any length at
+//!   any offset. Only [`Storage::open_direct`] may return a file that demands aligned writes
+//!   ([`StorageFile::write_alignment`] above 1).
 //! * **Short reads only at the end.** [`StorageFile::read_at`] returns exactly `len` bytes, or
 //!   fewer only when the file ends before `offset + len` (then it returns what exists, possibly
 //!   nothing). It never returns fewer bytes for any other reason.
-//! * **Errors poison writes.** After a write, `set_len` or sync of a file fails, every later
-//!   write, `set_len` and sync of that file returns [`WalError::Poisoned`](crate::WalError)
-//!   naming the first failure. A failed fsync is never retried: the kernel may have dropped the
-//!   dirty pages and marked them clean, so a retry could report success for lost data. Reads keep
-//!   working.
+//! * **Errors are reported, never lost.** A failed write, `set_len` or sync returns its error to
+//!   its caller. If the caller stopped waiting (dropped the future) and the backend still carried
+//!   the call out, a failure of it must make the file's next write, `set_len` or sync fail
+//!   (with [`WalError::Poisoned`](crate::WalError) naming it), since nobody else can see it.
+//! * **Errors poison writes**, kept by [`CheckedStorage`] for every backend: after a write,
+//!   `set_len` or sync of a file fails, every later write, `set_len` and sync of that file returns
+//!   [`WalError::Poisoned`](crate::WalError) naming the first failure. A failed fsync is never
+//!   retried: the kernel may have dropped the dirty pages and marked them clean, so a retry could
+//!   report success for lost data. Reads keep working. The log wraps whatever storage it is given
+//!   in [`CheckedStorage`], so a backend need not poison its files itself.
 //! * **Concurrency.** All methods take `&self` and may be called from many tasks at once.
 //!   Writes to disjoint ranges do not interfere; the order of concurrent writes to overlapping
 //!   ranges is unspecified.
+//!
+//! The methods on which safety depends ([`Storage::open_direct`], [`Storage::open_read_only`],
+//! [`Storage::lock_dir`], [`StorageFile::evict_cache`], [`StorageFile::write_alignment`]) have
+//! no default: a backend, and a wrapper around one, must say what it does for each.
 
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
@@ -36,6 +48,8 @@ use bytes::Bytes;
 
 use crate::error::WalResult;
 
+mod blocking;
+mod checked;
 #[cfg(all(target_os = "linux", feature = "io-uring"))]
 mod io_uring;
 #[cfg(feature = "baselines")]
@@ -43,6 +57,7 @@ mod naive_tokio;
 mod simulated;
 mod tokio_storage;
 
+pub use checked::{CheckedFile, CheckedStorage};
 #[cfg(all(target_os = "linux", feature = "io-uring"))]
 pub use io_uring::{
     limits as io_uring_limits, run_c_floor, CFloorMode, CFloorRun, IoUringConfig, IoUringStats,
@@ -64,14 +79,20 @@ pub trait Storage: Send + Sync + Debug + 'static {
     fn name(&self) -> &'static str;
 
     /// Opens the file at `path` for reading and writing, creating it empty if it does not exist.
-    /// The creation is durable only after [`Storage::sync_dir`] of the parent.
+    /// The creation is durable only after [`Storage::sync_dir`] of the parent. The file takes
+    /// writes of any length at any offset ([`StorageFile::write_alignment`] is 1).
     async fn open(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>>;
 
+    /// Opens the file at `path` as [`Storage::open`] does, for a writer that writes it only in
+    /// whole aligned blocks (the log's segments: their zero-filling, header and appends). The
+    /// backend may open it for direct I/O (`O_DIRECT | O_DSYNC`): the file may then demand
+    /// aligned writes ([`StorageFile::write_alignment`] above 1) and make each write durable
+    /// when it completes. A backend without direct I/O returns what [`Storage::open`] returns.
+    async fn open_direct(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>>;
+
     /// Opens the existing file at `path` for reading only, for inspecting a log without changing
-    /// it (a read-only mount included). The default opens it as [`Storage::open`] does.
-    async fn open_read_only(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
-        self.open(path).await
-    }
+    /// it (a read-only mount included): it must not create the file nor need write permission.
+    async fn open_read_only(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>>;
 
     /// True if a file or directory exists at `path`.
     async fn exists(&self, path: &Path) -> WalResult<bool>;
@@ -110,15 +131,14 @@ pub trait Storage: Send + Sync + Debug + 'static {
 
     /// Takes an exclusive lock on the existing directory `dir`, held until the returned
     /// [`DirLock`] is dropped (or the process dies), so that two logs never write one directory.
-    /// Fails with [`WalError::Locked`](crate::WalError) when it is held elsewhere. The default
-    /// takes no lock.
-    async fn lock_dir(&self, dir: &Path) -> WalResult<DirLock> {
-        let _ = dir;
-        Ok(DirLock::none())
-    }
+    /// Fails with [`WalError::Locked`](crate::WalError) when it is held elsewhere. A backend
+    /// that cannot lock returns [`DirLock::none`] and says so in its docs.
+    async fn lock_dir(&self, dir: &Path) -> WalResult<DirLock>;
 }
 
-/// Name of the lock file a backend may keep in a log directory; recovery ignores it.
+/// Name of the lock file a backend may keep in a log directory ([`Storage::lock_dir`]).
+/// Recovery leaves a file of this name alone and does not report it as foreign, so a backend
+/// that locks with a file in the directory uses this name.
 pub const LOCK_FILE_NAME: &str = "LOCK";
 
 /// An exclusive lock on a log directory, released when dropped.
@@ -137,6 +157,11 @@ impl DirLock {
         Self {
             _guard: Some(Box::new(guard)),
         }
+    }
+
+    /// False for [`DirLock::none`]: the backend took no lock.
+    pub fn is_held(&self) -> bool {
+        self._guard.is_some()
     }
 }
 
@@ -175,20 +200,17 @@ pub trait StorageFile: Send + Sync + Debug + 'static {
     /// Drops this file's clean pages from the OS page cache, so later reads come from the
     /// device. After a failed fsync, Linux marks the unwritten pages clean but keeps serving them
     /// from the cache; recovery syncs and then evicts the segment it appends to, so that it never
-    /// counts as durable what only the cache still holds. Dirty pages are not dropped. The
-    /// default does nothing (for backends without a page cache).
-    async fn evict_cache(&self) -> WalResult<()> {
-        Ok(())
-    }
+    /// counts as durable what only the cache still holds. Dirty pages are not dropped. A backend
+    /// without a page cache does nothing.
+    async fn evict_cache(&self) -> WalResult<()>;
 
-    /// The alignment, in bytes, that every write's offset and length must have: 1 (the
-    /// default) for none. A file opened for direct I/O (`O_DIRECT | O_DSYNC`) demands whole
-    /// blocks; the log then ends every commit on such a boundary with a padding record, so that
-    /// no write ever rewrites a block holding records already durable. At most
+    /// The alignment, in bytes, that every write's offset and length must have: 1 for none,
+    /// always 1 for a file from [`Storage::open`]. A file from [`Storage::open_direct`] opened
+    /// for direct I/O (`O_DIRECT | O_DSYNC`) demands whole blocks; the log then ends every
+    /// commit on such a boundary with a padding record, so that no write ever rewrites a block
+    /// holding records already durable. At most
     /// [`MAX_WRITE_ALIGNMENT_BYTES`](crate::constants::MAX_WRITE_ALIGNMENT_BYTES), a power of two.
-    fn write_alignment(&self) -> u64 {
-        1
-    }
+    fn write_alignment(&self) -> u64;
 
     /// Writes `data` at `offset` and then syncs, as one operation. Returns `Ok` only after a
     /// successful sync that covers this write. Backends may do both in one step (io_uring links
@@ -206,6 +228,9 @@ impl<S: Storage + ?Sized> Storage for Arc<S> {
     }
     async fn open(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
         (**self).open(path).await
+    }
+    async fn open_direct(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
+        (**self).open_direct(path).await
     }
     async fn open_read_only(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
         (**self).open_read_only(path).await

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use super::blocking::run_reporting_abandoned;
 use super::{DirLock, Storage, StorageFile, LOCK_FILE_NAME};
 use crate::error::{Poison, WalError, WalResult};
 
@@ -54,8 +55,8 @@ impl TokioStorage {
         }
         Ok(Arc::new(TokioFile {
             file: Arc::new(file),
-            path: path.to_path_buf(),
-            poison: Arc::new(Poison::new()),
+            path: Arc::from(path),
+            abandoned_failure: Arc::new(Poison::new()),
         }))
     }
 }
@@ -83,6 +84,11 @@ impl Storage for TokioStorage {
     }
 
     async fn open(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
+        self.open_with(path, true).await
+    }
+
+    /// The same as [`Storage::open`]: this backend has no direct I/O.
+    async fn open_direct(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
         self.open_with(path, true).await
     }
 
@@ -202,22 +208,26 @@ fn sync_directory(_dir: &Path) -> io::Result<()> {
 #[derive(Debug)]
 struct TokioFile {
     file: Arc<File>,
-    path: PathBuf,
-    poison: Arc<Poison>,
+    /// Shared with calls on the blocking pool, to name the file in a failure nobody claimed.
+    path: Arc<Path>,
+    /// The first failure of a write-class call whose caller stopped waiting: it fails every
+    /// later write-class call, since nobody else saw it.
+    abandoned_failure: Arc<Poison>,
 }
 
 impl TokioFile {
-    /// Runs a write-class operation (write, set_len, sync): refuses it when poisoned, and
-    /// poisons the file when it fails.
+    /// Runs a write-class operation (write, set_len, sync), after reporting the failure of one
+    /// whose caller stopped waiting, if any.
     async fn mutate<T, F>(&self, op: &'static str, work: F) -> WalResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&File) -> io::Result<T> + Send + 'static,
     {
-        self.poison.check()?;
+        self.abandoned_failure.check()?;
         let file = Arc::clone(&self.file);
-        let result = blocking(op, &self.path, move || work(&file)).await;
-        result.map_err(|error| self.poison.poison(error))
+        let (record, path) = (Arc::clone(&self.abandoned_failure), Arc::clone(&self.path));
+        let record_failure = move |source| drop(record.poison(WalError::io(op, &*path, source)));
+        run_reporting_abandoned(op, &self.path, move || work(&file), record_failure).await
     }
 }
 
@@ -248,6 +258,10 @@ impl StorageFile for TokioFile {
 
     async fn sync(&self) -> WalResult<()> {
         self.mutate("fsync", |file| file.sync_data()).await
+    }
+
+    fn write_alignment(&self) -> u64 {
+        1
     }
 
     async fn evict_cache(&self) -> WalResult<()> {

@@ -15,7 +15,7 @@ use crate::limits::{
 };
 use crate::sabotage::{is_on, Sabotage};
 use crate::stats::{WalCounters, WalStats};
-use crate::storage::{DirLock, Storage};
+use crate::storage::{CheckedStorage, DirLock, Storage};
 
 pub(crate) mod buffered;
 pub(crate) mod config;
@@ -45,7 +45,7 @@ struct InFlight<S: Storage + Clone> {
 }
 
 type OperationFuture<S> =
-    Pin<Box<dyn Future<Output = (Operation<S>, WalResult<()>)> + Send + 'static>>;
+    Pin<Box<dyn Future<Output = (Operation<CheckedStorage<S>>, WalResult<()>)> + Send + 'static>>;
 
 impl<S: Storage + Clone> std::fmt::Debug for InFlight<S> {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -67,7 +67,8 @@ impl<S: Storage + Clone> std::fmt::Debug for InFlight<S> {
 /// is poisoned: every later mutating call returns [`WalError::Poisoned`]; reads keep working.
 #[derive(Debug)]
 pub struct Wal<S: Storage + Clone> {
-    storage: S,
+    /// The backend, whose files refuse writes after a failed one.
+    storage: CheckedStorage<S>,
     config: WalConfig,
     /// Live segments in index order; the last is the one appended to.
     segments: Vec<Segment>,
@@ -145,6 +146,8 @@ impl<S: Storage + Clone> Wal<S> {
 
     async fn open_with(storage: S, config: WalConfig, read_only: bool) -> WalResult<Self> {
         config.validate()?;
+        // Every file the log opens refuses writes after a failed one, whatever the backend.
+        let storage = CheckedStorage::new(storage);
         // One writer per directory: the lock is taken before recovery changes anything.
         let lock = if read_only {
             DirLock::none()
@@ -214,7 +217,7 @@ impl<S: Storage + Clone> Wal<S> {
 
     /// The storage backend.
     pub fn storage(&self) -> &S {
-        &self.storage
+        self.storage.inner()
     }
 
     /// The first index in the log. When the log is empty this is `last_index() + 1`.
@@ -574,8 +577,8 @@ impl<S: Storage + Clone> Wal<S> {
     /// the log until [`Wal::complete`] has driven it to its end.
     fn launch<F, Fut>(&mut self, operation: &'static str, work: F)
     where
-        F: FnOnce(Operation<S>) -> Fut,
-        Fut: Future<Output = (Operation<S>, WalResult<()>)> + Send + 'static,
+        F: FnOnce(Operation<CheckedStorage<S>>) -> Fut,
+        Fut: Future<Output = (Operation<CheckedStorage<S>>, WalResult<()>)> + Send + 'static,
     {
         assert!(self.in_flight.is_none(), "one operation at a time");
         let state = Operation {
@@ -643,7 +646,7 @@ impl<S: Storage + Clone> Wal<S> {
     }
 
     /// Applies the steps an operation completed, in order, and takes back its resources.
-    fn apply(&mut self, operation: Operation<S>) {
+    fn apply(&mut self, operation: Operation<CheckedStorage<S>>) {
         self.resources = operation.resources;
         for effect in operation.effects {
             match effect {

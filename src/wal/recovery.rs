@@ -125,7 +125,8 @@ async fn list_segments<S: Storage + ?Sized>(
     Ok(segments)
 }
 
-/// Opens a segment file and validates its header.
+/// Opens a segment file and validates its header. A writable recovery opens it with `open`:
+/// [`recover`] reopens the one appends continue in with `open_direct`.
 async fn open_segment<S: Storage + ?Sized>(
     storage: &S,
     id: u64,
@@ -249,7 +250,15 @@ pub(crate) async fn recover<S: Storage + ?Sized>(
         // whole could bring truncated entries back.
         found.push(open_segment(storage, id, path, read_only).await?);
     }
-    let (live, mut dead) = build_chain(found, &mut report);
+    let (mut live, mut dead) = build_chain(found, &mut report);
+    if !read_only {
+        if let Some(last) = live.last_mut() {
+            // Appends continue in the last segment: reopen it as the log writes segments
+            // (with `open_direct`, so its writes may go straight to the device). The others
+            // are only read.
+            last.file = storage.open_direct(&last.path).await?;
+        }
+    }
     let log_start_index = live
         .iter()
         .map(|segment| segment.header.log_start_index)

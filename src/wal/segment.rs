@@ -159,14 +159,15 @@ pub(crate) fn temporary_path<S: Storage + ?Sized>(storage: &S, dir: &Path) -> Pa
 /// Prepares the file of a future segment: writes it out to `size_bytes` of zeros under its
 /// temporary name and syncs it, so that appends later overwrite blocks that are already
 /// allocated and written. This is the slow part of creating a segment; the log runs it in the
-/// background ahead of need.
+/// background ahead of need. The file is opened with `open_direct`: the chunks are whole pages,
+/// and direct I/O keeps the zeros out of the page cache.
 pub(crate) async fn prepare_segment_file<S: Storage + ?Sized>(
     storage: &S,
     dir: &Path,
     size_bytes: u64,
 ) -> WalResult<PathBuf> {
     let temporary = temporary_path(storage, dir);
-    let file = storage.open(&temporary).await?;
+    let file = storage.open_direct(&temporary).await?;
     file.set_len(0).await?;
     let mut offset = 0;
     while offset < size_bytes {
@@ -181,7 +182,9 @@ pub(crate) async fn prepare_segment_file<S: Storage + ?Sized>(
 
 /// Turns a prepared file into segment `header.segment_id`, durably: writes the header, syncs,
 /// renames the file into place and syncs the directory. A crash at any point leaves either no
-/// segment (and a temporary file that the next recovery removes) or the complete one.
+/// segment (and a temporary file that the next recovery removes) or the complete one. The
+/// segment is opened with `open_direct`: every write to it is a whole number of blocks of its
+/// write alignment (the header is a page; commits are padded).
 pub(crate) async fn install_segment<S: Storage + ?Sized>(
     storage: &S,
     dir: &Path,
@@ -189,7 +192,7 @@ pub(crate) async fn install_segment<S: Storage + ?Sized>(
     header: SegmentHeader,
 ) -> WalResult<Segment> {
     let path = dir.join(segment_file_name(header.segment_id));
-    let file = storage.open(prepared).await?;
+    let file = storage.open_direct(prepared).await?;
     let size = file.size().await?;
     if size != header.segment_size_bytes {
         return Err(WalError::io(
@@ -208,7 +211,7 @@ pub(crate) async fn install_segment<S: Storage + ?Sized>(
     if !is_on(Sabotage::SkipDirSync) {
         storage.sync_dir(dir).await?;
     }
-    let file = storage.open(&path).await?;
+    let file = storage.open_direct(&path).await?;
     Ok(Segment {
         header,
         path,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use helix_wal::{Storage, StorageFile, WalError, WalResult};
+use helix_wal::{DirLock, Storage, StorageFile, WalError, WalResult};
 
 /// Counters and switches shared by the wrapper and its files. Counters leave out files being
 /// prepared (`*.tmp`), which the log zero-fills in the background.
@@ -85,6 +85,13 @@ impl Instrumented {
             probe: Arc::new(Probe::default()),
         }
     }
+
+    fn wrap(&self, inner: Arc<dyn StorageFile>) -> Arc<dyn StorageFile> {
+        Arc::new(InstrumentedFile {
+            inner,
+            probe: self.probe.clone(),
+        })
+    }
 }
 
 fn injected(path: &Path) -> WalError {
@@ -101,11 +108,13 @@ impl Storage for Instrumented {
         "instrumented"
     }
     async fn open(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
-        let inner = self.inner.open(path).await?;
-        Ok(Arc::new(InstrumentedFile {
-            inner,
-            probe: self.probe.clone(),
-        }))
+        Ok(self.wrap(self.inner.open(path).await?))
+    }
+    async fn open_direct(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
+        Ok(self.wrap(self.inner.open_direct(path).await?))
+    }
+    async fn open_read_only(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
+        Ok(self.wrap(self.inner.open_read_only(path).await?))
     }
     async fn exists(&self, path: &Path) -> WalResult<bool> {
         self.inner.exists(path).await
@@ -131,6 +140,12 @@ impl Storage for Instrumented {
             .stall(&probe.stall_dir_syncs, &probe.dir_syncs_stalled)
             .await;
         self.inner.sync_dir(dir).await
+    }
+    fn temporary_file_tag(&self) -> String {
+        self.inner.temporary_file_tag()
+    }
+    async fn lock_dir(&self, dir: &Path) -> WalResult<DirLock> {
+        self.inner.lock_dir(dir).await
     }
 }
 
@@ -180,6 +195,9 @@ impl StorageFile for InstrumentedFile {
     }
     async fn set_len(&self, len: u64) -> WalResult<()> {
         self.inner.set_len(len).await
+    }
+    async fn evict_cache(&self) -> WalResult<()> {
+        self.inner.evict_cache().await
     }
     async fn sync(&self) -> WalResult<()> {
         self.count(&self.probe.syncs);

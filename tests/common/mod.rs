@@ -111,7 +111,7 @@ impl Harness {
     }
 
     /// The io_uring backend in its default configuration: direct I/O (`O_DIRECT | O_DSYNC`
-    /// writes), like [`Harness::io_uring`] otherwise.
+    /// writes) for files from `open_direct`, like [`Harness::io_uring`] otherwise.
     #[cfg(all(target_os = "linux", feature = "io-uring"))]
     pub fn io_uring_direct() -> Option<Harness> {
         Self::io_uring_with(helix_wal::IoUringConfig::default()).map(|(harness, _storage)| harness)
@@ -135,8 +135,9 @@ impl Harness {
         Self::simulated_with(helix_wal::SimulatedConfig::new(simulation_seed()))
     }
 
-    /// SimulatedStorage whose files behave as direct I/O (`O_DIRECT | O_DSYNC`): writes must be
-    /// whole aligned blocks and are durable on return. Otherwise like [`Harness::simulated`].
+    /// SimulatedStorage whose files from `open_direct` behave as direct I/O (`O_DIRECT |
+    /// O_DSYNC`): writes must be whole aligned blocks and are durable on return. Otherwise like
+    /// [`Harness::simulated`].
     pub fn simulated_direct() -> Harness {
         Self::simulated_with(helix_wal::SimulatedConfig {
             write_alignment_bytes: DIRECT_IO_BLOCK_BYTES,

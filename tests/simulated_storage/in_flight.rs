@@ -8,8 +8,8 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use helix_wal::{
-    FaultConfig, FaultCounters, FaultKind, OneShotFault, SimulatedConfig, SimulatedStorage,
-    Storage, StorageFile, WalError,
+    CheckedStorage, FaultConfig, FaultCounters, FaultKind, OneShotFault, SimulatedConfig,
+    SimulatedStorage, Storage, StorageFile, WalError,
 };
 
 use super::{contents, dir, durable_file, machine, SEEDS};
@@ -200,14 +200,16 @@ async fn a_dropped_write_can_land_after_a_later_write() {
     assert_eq!(endings, expected, "both orders happen, and nothing else");
 }
 
-// Proves a failed write in flight poisons its handle even though its future was dropped: the
-// fault is decided when the write completes, and later writes on that handle are refused as
-// poisoned, while a fresh handle to the same file still writes.
+// Proves a failed write in flight is reported, never lost, though its future was dropped: the
+// fault is decided when the write completes, nobody sees it then, so the handle's next write
+// fails with it (Poisoned, naming it), and through CheckedStorage every later one does too.
+// A fresh handle to the same file still writes: the simulator poisons nothing else.
 #[tokio::test]
-async fn a_dropped_failing_write_poisons_its_handle() {
+async fn a_dropped_failing_write_poisons_its_checked_file() {
     let storage = in_flight_machine(13, 1.0);
+    let checked = CheckedStorage::new(storage.clone());
     let path = dir().join("log");
-    let file = storage.open(&path).await.unwrap();
+    let file = checked.open(&path).await.unwrap();
     storage.inject(OneShotFault::next(FaultKind::WriteError));
     let mut write = file.write_at(0, Bytes::from_static(b"fails"));
     assert!(poll_once(&mut write).is_pending());
@@ -217,6 +219,7 @@ async fn a_dropped_failing_write_poisons_its_handle() {
     assert_eq!(storage.counters().write_errors, 1);
     let refused = file.write_at(0, Bytes::from_static(b"later")).await;
     assert!(refused.unwrap_err().is_poisoned());
+    assert!(file.sync().await.unwrap_err().is_poisoned());
     let fresh = storage.open(&path).await.unwrap();
     fresh.write_at(0, Bytes::from_static(b"ok")).await.unwrap();
 }
@@ -327,7 +330,6 @@ async fn a_sync_in_flight_covers_writes_completed_before_it() {
 async fn scripted_run_in_flight(seed: u64) -> (Vec<String>, u64, FaultCounters) {
     let config = SimulatedConfig {
         faults: FaultConfig::uniform(0.05),
-        poison_files: false,
         in_flight_rate: 0.5,
         ..SimulatedConfig::new(seed)
     };

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use helix_wal::constants::SIMULATED_SECTOR_SIZE_BYTES as SECTOR;
 use helix_wal::{
-    FaultConfig, FaultKind, OneShotFault, SimulatedConfig, SimulatedStorage, Storage, WalError,
+    CheckedStorage, FaultConfig, FaultKind, OneShotFault, SimulatedConfig, SimulatedStorage,
+    Storage, WalError,
 };
 
 /// Seeds per "for some seed" search and per "for every seed" check. Every outcome searched for
@@ -369,15 +370,15 @@ async fn changes_to_one_name_survive_in_order() {
 }
 
 // Proves fsyncgate semantics: after an injected fsync failure the dirty data is dropped and
-// marked clean, so with poisoning disabled a retried sync reports success, and for some seed a
-// crash then loses data that the retry claimed durable. With poisoning on (the contract) the
-// retry is refused as Poisoned instead.
+// marked clean, so on a bare simulated file (which, like every backend, leaves poisoning to
+// CheckedStorage) a retried sync reports success, and for some seed a crash then loses data that
+// the retry claimed durable. Through CheckedStorage (the contract) the retry is refused as
+// Poisoned instead.
 #[tokio::test]
 async fn failed_fsync_drops_dirty_data_and_a_retry_lies() {
     let mut lied = false;
     for seed in 0..SEEDS {
         let storage = machine(seed);
-        storage.set_poison_files(false);
         let path = dir().join("log");
         durable_file(&storage, &path, &[0; 2 * SECTOR]).await;
         let file = storage.open(&path).await.unwrap();
@@ -404,7 +405,8 @@ async fn failed_fsync_drops_dirty_data_and_a_retry_lies() {
     );
 
     let storage = machine(1);
-    let file = storage.open(&dir().join("log")).await.unwrap();
+    let checked = CheckedStorage::new(storage.clone());
+    let file = checked.open(&dir().join("log")).await.unwrap();
     file.write_at(0, Bytes::from_static(b"x")).await.unwrap();
     storage.inject(OneShotFault::next(FaultKind::SyncError));
     assert!(file.sync().await.is_err());
@@ -594,11 +596,12 @@ async fn one_shot_faults_respect_path_filter_and_count() {
 }
 
 // Proves a short write applies a non-empty proper prefix of the data and then fails, never
-// reporting success for part of the data, and poisons the handle.
+// reporting success for part of the data, so that CheckedStorage poisons the handle.
 #[tokio::test]
 async fn short_write_applies_a_prefix_then_fails() {
     let storage = machine(5);
-    let file = storage.open(&dir().join("log")).await.unwrap();
+    let checked = CheckedStorage::new(storage.clone());
+    let file = checked.open(&dir().join("log")).await.unwrap();
     storage.inject(OneShotFault::next(FaultKind::ShortWrite));
     let data: Vec<u8> = (1..=200u8).collect();
     assert!(file.write_at(0, Bytes::from(data.clone())).await.is_err());
@@ -688,7 +691,6 @@ async fn capacity_limit_gives_enospc() {
 async fn scripted_run(seed: u64) -> (Vec<String>, u64, helix_wal::FaultCounters) {
     let mut config = SimulatedConfig::new(seed);
     config.faults = FaultConfig::uniform(0.05);
-    config.poison_files = false;
     let storage = SimulatedStorage::with_config(config).unwrap();
     storage.create_dir_all_durably(&dir()).unwrap();
     let mut trace = Vec::new();
@@ -733,10 +735,11 @@ async fn same_seed_same_outcome() {
     assert_ne!(first.0, other.0);
 }
 
-// Proves the model of direct-I/O files: the file reports its alignment, a write whose offset or
-// length is not a multiple of it is refused with InvalidInput before anything is written, and an
-// aligned write survives every power loss without a sync (O_DSYNC), across 300 seeds; an
-// invalid alignment is refused at construction.
+// Proves the model of direct-I/O files: a file from open_direct reports its alignment, a write
+// whose offset or length is not a multiple of it is refused with InvalidInput before anything is
+// written, and an aligned write survives every power loss without a sync (O_DSYNC), across 300
+// seeds; a file from open stays buffered (alignment 1, any write); an invalid alignment is
+// refused at construction.
 #[tokio::test]
 async fn direct_io_files_take_aligned_writes_durable_on_return() {
     let bad = SimulatedConfig {
@@ -754,15 +757,27 @@ async fn direct_io_files_take_aligned_writes_durable_on_return() {
         let path = dir().join("direct");
         storage.open(&path).await.unwrap();
         storage.sync_dir(&dir()).await.unwrap();
+        let file = storage.open_direct(&path).await.unwrap();
+        assert_eq!(file.write_alignment(), 4096);
         for (offset, length) in [(100u64, 4096usize), (0, 100)] {
-            // A refused write poisons its handle, as any failed write does: one handle each.
-            let file = storage.open(&path).await.unwrap();
-            assert_eq!(file.write_alignment(), 4096);
             let refused = file.write_at(offset, Bytes::from(vec![1u8; length])).await;
             let kind = refused.unwrap_err().io_kind();
             assert_eq!(kind, Some(io::ErrorKind::InvalidInput), "seed {seed}");
         }
-        let file = storage.open(&path).await.unwrap();
+        assert_eq!(
+            file.size().await.unwrap(),
+            0,
+            "seed {seed}: nothing written"
+        );
+        let buffered = storage.open(&path).await.unwrap();
+        assert_eq!(buffered.write_alignment(), 1);
+        buffered
+            .write_at(1, Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        buffered.set_len(0).await.unwrap();
+        buffered.sync().await.unwrap();
+        drop(buffered);
         file.write_at(4096, Bytes::from(vec![7u8; 8192]))
             .await
             .unwrap();

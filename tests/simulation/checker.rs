@@ -123,14 +123,7 @@ impl Summary {
 
 /// Runs `operations` random operations from `seed` and checks every recovery.
 pub fn run(seed: u64, operations: usize) -> Result<Summary, Failure> {
-    run_with(seed, operations, true)
-}
-
-/// As [`run`]; `poison_files: false` lets simulated files accept a sync after a failed one, so a
-/// log that retries a failed fsync can be shown to lose data.
-pub fn run_with(seed: u64, operations: usize, poison_files: bool) -> Result<Summary, Failure> {
     let mut simulation = Simulation::new(seed, operations);
-    simulation.storage.set_poison_files(poison_files);
     match simulation.run_all() {
         Ok(()) => {
             simulation.summary.fingerprint = simulation.storage.fingerprint();

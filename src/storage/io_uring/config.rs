@@ -100,15 +100,18 @@ pub struct IoUringConfig {
     /// 0 (the default) disables SQPOLL. When the kernel refuses SQPOLL the backend runs without
     /// it. On small machines SQPOLL costs a CPU: measured 40% slower on 2 vCPUs.
     pub sqpoll_idle_ms: u32,
-    /// Opens files for direct I/O (`O_DIRECT | O_DSYNC`) on the write side: each write goes
-    /// from an aligned (registered when it fits) buffer straight to the device and is durable
-    /// when it completes, so a durable append is one write, with no fsync and no page cache.
-    /// Every write is whole [`DIRECT_IO_ALIGNMENT_BYTES`] blocks: the log ends each commit on a
-    /// block boundary with a padding record (more space per small commit; batch small entries,
-    /// e.g. with `BufferedWal`). Reads use a second, buffered descriptor. Default true: on
-    /// this project's measurements it is the fastest durable path (docs/BENCHMARKS.md). A file
-    /// on a filesystem that refuses `O_DIRECT` is opened buffered instead (logged once), with
-    /// the linked write + fsync.
+    /// Opens the files the log asks for with
+    /// [`Storage::open_direct`](crate::Storage::open_direct) (its segments) for direct I/O
+    /// (`O_DIRECT | O_DSYNC`) on the write side: each write goes from an aligned (registered
+    /// when it fits) buffer straight to the device and is durable when it completes, so a
+    /// durable append is one write, with no fsync and no page cache. Every write to such a file
+    /// is whole [`DIRECT_IO_ALIGNMENT_BYTES`] blocks: the log ends each commit on a block
+    /// boundary with a padding record (more space per small commit; batch small entries, e.g.
+    /// with `BufferedWal`). Reads use a second, buffered descriptor. Files from
+    /// [`Storage::open`](crate::Storage::open) are always buffered and take any write. Default
+    /// true: on this project's measurements it is the fastest durable path
+    /// (docs/BENCHMARKS.md). A file on a filesystem that refuses `O_DIRECT` is opened buffered
+    /// instead (logged once), with the linked write + fsync.
     pub direct_io: bool,
     /// When the ring thread runs out of work (nothing queued, nothing in flight), it keeps
     /// polling the queue for this many microseconds before it sleeps, so a request queued

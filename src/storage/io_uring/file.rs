@@ -15,10 +15,12 @@ use super::shared::{Outcome, Owned, Request};
 use super::sys;
 use super::worker::Worker;
 use crate::error::{Poison, WalError, WalResult};
+use crate::storage::blocking::run_reporting_abandoned;
 use crate::storage::StorageFile;
 
 /// What an in-flight request keeps alive of its file: the descriptor (so it is never closed
-/// and reused by another file while the kernel uses it), and what poisoning needs.
+/// and reused by another file while the kernel uses it), and the record of failures nobody
+/// waited for.
 #[derive(Debug)]
 pub(crate) struct FileInner {
     /// The descriptor writes and syncs go through (opened `O_DIRECT | O_DSYNC` in direct I/O
@@ -28,6 +30,11 @@ pub(crate) struct FileInner {
     /// served by the page cache, which the kernel keeps coherent with direct writes).
     pub(crate) read_file: Option<File>,
     pub(crate) path: PathBuf,
+    /// The first failure of a write or sync whose caller stopped waiting, recorded by the ring
+    /// thread when it settles the abandoned request (or of a `set_len` by its blocking task):
+    /// every later write, `set_len` and sync of the file fails with it, since nobody else saw it
+    /// (the storage contract: "Errors are reported, never lost"). Failures a caller receives
+    /// are not recorded here: `CheckedStorage` poisons on those.
     pub(crate) poison: Poison,
 }
 
@@ -43,6 +50,11 @@ impl FileInner {
 
     fn direct_io(&self) -> bool {
         self.read_file.is_some()
+    }
+
+    /// Records the failure of a call whose caller stopped waiting (see `poison`).
+    fn record_abandoned_failure(&self, op: &'static str, source: io::Error) {
+        drop(self.poison.poison(WalError::io(op, &self.path, source)));
     }
 }
 
@@ -95,18 +107,13 @@ impl IoUringFile {
         WalError::io(op, &self.inner.path, io::Error::from_raw_os_error(errno))
     }
 
-    /// Runs a write-class request (write, sync): refused when poisoned; poisons on failure.
-    /// A shutdown is not a failure of the file: nothing was queued, so nothing poisons.
-    /// The ring thread poisons first, under the name `op`, before anybody can see the failure
-    /// (see `shared.rs`); poisoning here again keeps the first failure and returns this one.
+    /// Runs a write-class request (write, sync), after reporting a failure the ring thread
+    /// recorded for this file (it records every failed write or fsync before anybody can see
+    /// it, so that of a request whose caller stopped waiting too; see `shared.rs`), if any.
     async fn mutate(&self, op: &'static str, mut request: Request) -> WalResult<()> {
         self.inner.poison.check()?;
         request.owned.operation = op;
-        match self.run(op, request).await {
-            Ok(_) => Ok(()),
-            Err(error @ WalError::Shutdown { .. }) => Err(error),
-            Err(error) => Err(self.inner.poison.poison(error)),
-        }
+        self.run(op, request).await.map(drop)
     }
 
     fn write_request(&self, opcode: u32, offset: u64, data: Bytes) -> Request {
@@ -204,16 +211,14 @@ impl StorageFile for IoUringFile {
     async fn set_len(&self, len: u64) -> WalResult<()> {
         self.check_open()?;
         self.inner.poison.check()?;
-        let inner = Arc::clone(&self.inner);
-        let result = match tokio::task::spawn_blocking(move || inner.file.set_len(len)).await {
-            Ok(result) => result,
-            Err(join_error) => Err(io::Error::other(format!(
-                "blocking task failed: {join_error}"
-            ))),
-        };
-        result
-            .map_err(|source| WalError::io("set_len", &self.inner.path, source))
-            .map_err(|error| self.inner.poison.poison(error))
+        let (inner, record) = (Arc::clone(&self.inner), Arc::clone(&self.inner));
+        run_reporting_abandoned(
+            "set_len",
+            &self.inner.path,
+            move || inner.file.set_len(len),
+            move |source| record.record_abandoned_failure("set_len", source),
+        )
+        .await
     }
 
     async fn sync(&self) -> WalResult<()> {

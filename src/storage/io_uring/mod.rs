@@ -64,7 +64,7 @@ pub mod limits {
 pub struct IoUringWorkerStorage {
     worker: Arc<Worker>,
     metadata: TokioStorage,
-    /// Files are opened for direct I/O ([`IoUringConfig::direct_io`]).
+    /// Files from `open_direct` are opened for direct I/O ([`IoUringConfig::direct_io`]).
     direct_io: bool,
     /// Set once a filesystem refused `O_DIRECT` (the fallback is logged once).
     direct_io_refused: Arc<AtomicBool>,
@@ -258,11 +258,22 @@ impl IoUringWorkerStorage {
         ))
     }
 
-    /// Test hook: files opened from now on are treated as on a filesystem that refuses
-    /// `O_DIRECT` (EINVAL), so they fall back to buffered writes. Not for production use.
+    /// Test hook: files opened with `open_direct` from now on are treated as on a filesystem
+    /// that refuses `O_DIRECT` (EINVAL), so they fall back to buffered writes. Not for
+    /// production use.
     #[doc(hidden)]
     pub fn refuse_direct_io_for_testing(&self) {
         self.refuse_direct_io.store(true, Ordering::Relaxed);
+    }
+
+    /// Opens the descriptors of a readable and writable file.
+    async fn open_with(&self, path: &Path, direct_io: DirectIo) -> WalResult<Arc<dyn StorageFile>> {
+        self.check_open()?;
+        let owned = path.to_path_buf();
+        let refused = Arc::clone(&self.direct_io_refused);
+        let (file, read_file) =
+            open_blocking(path, move || open_descriptors(&owned, direct_io, &refused)).await?;
+        Ok(self.file(file, read_file, path))
     }
 
     fn check_open(&self) -> WalResult<()> {
@@ -362,9 +373,16 @@ impl Storage for IoUringWorkerStorage {
         "io_uring"
     }
 
+    /// A buffered file: writes of any length at any offset, made durable by an fsync (a
+    /// linked one for `write_at_and_sync`).
     async fn open(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
-        self.check_open()?;
-        let owned = path.to_path_buf();
+        self.open_with(path, DirectIo::Off).await
+    }
+
+    /// With [`IoUringConfig::direct_io`] (the default), a file whose writes go through an
+    /// `O_DIRECT | O_DSYNC` descriptor: whole 4096-byte blocks only, durable on completion.
+    /// Without it, or on a filesystem that refuses `O_DIRECT`, what `open` returns.
+    async fn open_direct(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
         let direct_io = match (
             self.direct_io,
             self.refuse_direct_io.load(Ordering::Relaxed),
@@ -373,10 +391,7 @@ impl Storage for IoUringWorkerStorage {
             (true, false) => DirectIo::On,
             (true, true) => DirectIo::RefusedForTesting,
         };
-        let refused = Arc::clone(&self.direct_io_refused);
-        let (file, read_file) =
-            open_blocking(path, move || open_descriptors(&owned, direct_io, &refused)).await?;
-        Ok(self.file(file, read_file, path))
+        self.open_with(path, direct_io).await
     }
 
     async fn open_read_only(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {

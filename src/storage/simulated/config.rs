@@ -237,17 +237,14 @@ pub struct SimulatedConfig {
     /// Total capacity in bytes: a write that would make the sum of the lengths of all linked
     /// files exceed it writes what fits and fails with ENOSPC. `None` (the default) is unlimited.
     pub capacity_bytes: Option<u64>,
-    /// Whether file handles poison themselves after a failed write, `set_len` or sync, as the
-    /// storage contract requires. Default `true`. Turn it off only in meta-tests that show a
-    /// log which retries a failed fsync is caught by the checker.
-    pub poison_files: bool,
     /// Fault rates. Default: none.
     pub faults: FaultConfig,
-    /// 1 (the default): files behave as buffered files. A power of two up to
-    /// [`MAX_WRITE_ALIGNMENT_BYTES`](crate::constants::MAX_WRITE_ALIGNMENT_BYTES): files behave
-    /// as opened with `O_DIRECT | O_DSYNC`: a write whose offset or length is not a multiple of
-    /// it fails with EINVAL, and a successful write is durable when it returns (with what was
-    /// written before it).
+    /// 1 (the default): every file behaves as a buffered file. A power of two up to
+    /// [`MAX_WRITE_ALIGNMENT_BYTES`](crate::constants::MAX_WRITE_ALIGNMENT_BYTES): files opened
+    /// with [`Storage::open_direct`](crate::Storage::open_direct) behave as opened with
+    /// `O_DIRECT | O_DSYNC`: a write whose offset or length is not a multiple of it fails with
+    /// EINVAL, and a successful write is durable when it returns (with what was written before
+    /// it). Files from `open` stay buffered.
     pub write_alignment_bytes: u64,
     /// Probability in `[0, 1]` that one storage call (any but `lock_dir`) is left in flight:
     /// its future returns `Pending` and the call takes effect at a later, seeded point, whether
@@ -260,12 +257,11 @@ pub struct SimulatedConfig {
 }
 
 impl SimulatedConfig {
-    /// A fault-free, unlimited, poisoning configuration with the given seed.
+    /// A fault-free, unlimited configuration with the given seed.
     pub fn new(seed: u64) -> Self {
         Self {
             seed,
             capacity_bytes: None,
-            poison_files: true,
             faults: FaultConfig::none(),
             write_alignment_bytes: 1,
             in_flight_rate: 0.0,

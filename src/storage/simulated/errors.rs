@@ -7,6 +7,7 @@ use std::io;
 mod errno {
     // The same numbers on Linux and the BSDs (including macOS).
     pub(super) const EIO: i32 = 5;
+    pub(super) const EBADF: i32 = 9;
     pub(super) const EFBIG: i32 = 27;
     pub(super) const ENOSPC: i32 = 28;
 }
@@ -33,6 +34,14 @@ pub(super) fn file_too_large() -> io::Error {
     return io::Error::from_raw_os_error(errno::EFBIG);
     #[cfg(not(unix))]
     return io::Error::new(io::ErrorKind::FileTooLarge, "file too large");
+}
+
+/// EBADF: a write through a handle opened read-only.
+pub(super) fn bad_descriptor() -> io::Error {
+    #[cfg(unix)]
+    return io::Error::from_raw_os_error(errno::EBADF);
+    #[cfg(not(unix))]
+    return io::Error::other("simulated bad file descriptor: the file was opened read-only");
 }
 
 /// A handle opened before a simulated crash.

@@ -2,7 +2,8 @@
 //!
 //! A call's effect runs under the machine's lock, either at once or, when the call is left in
 //! flight, whenever the operation completes (see the `in_flight` module). The effect therefore
-//! holds only what it needs ([`Handle`]: path, node, generation, poison), never the machine
+//! holds only what it needs ([`Handle`]: path, node, generation, how it was opened, failures
+//! nobody saw), never the machine
 //! itself, so an operation in flight never keeps its machine alive.
 
 use std::io;
@@ -26,7 +27,23 @@ pub(super) struct Handle {
     pub(super) node: NodeId,
     /// The machine's generation when the file was opened; a crash makes the handle stale.
     pub(super) generation: u64,
-    pub(super) poison: Poison,
+    pub(super) opened: Opened,
+    /// The first failure of a write-class call whose caller dropped its future before it saw
+    /// it: every later write, `set_len` and sync of this handle fails with it, since nobody
+    /// else saw it (the storage contract: "Errors are reported, never lost"). Failures a caller
+    /// receives are not recorded: `CheckedStorage` poisons on those.
+    pub(super) abandoned_failure: Poison,
+}
+
+/// How a handle was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Opened {
+    /// `open`: any write.
+    Buffered,
+    /// `open_direct`: the configured write alignment, and writes durable on return.
+    Direct,
+    /// `open_read_only`: writes fail with EBADF.
+    ReadOnly,
 }
 
 /// A file handle of [`SimulatedStorage`], valid until the next crash.
@@ -54,29 +71,31 @@ impl Handle {
         work(state).map_err(|source| WalError::io(op, &self.path, source))
     }
 
-    /// Runs a write-class operation: refused when poisoned, and poisoning on failure (both only
-    /// while poisoning is enabled).
+    /// Runs a write-class operation (write, `set_len`, sync). It does not poison the handle:
+    /// [`CheckedStorage`](crate::CheckedStorage) refuses writes after a failure, for every
+    /// backend. A read-only handle refuses it with EBADF.
     fn mutate<T>(
         &self,
         state: &mut State,
         op: &'static str,
         work: impl FnOnce(&mut State) -> io::Result<T>,
     ) -> WalResult<T> {
+        if self.opened == Opened::ReadOnly {
+            return Err(WalError::io(op, &self.path, errors::bad_descriptor()));
+        }
         if state.generation != self.generation {
-            // Staleness is not a failure of the file, so it does not poison.
             return Err(self.stale(op));
         }
-        let poison_files = state.poison_files;
-        if poison_files {
-            self.poison.check()?;
+        self.abandoned_failure.check()?;
+        self.live(state, op, work)
+    }
+
+    /// The write alignment of this handle: the configured one if it was opened for direct I/O.
+    fn alignment(&self, state: &State) -> u64 {
+        match self.opened {
+            Opened::Direct => state.write_alignment_bytes,
+            Opened::Buffered | Opened::ReadOnly => 1,
         }
-        self.live(state, op, work).map_err(|error| {
-            if poison_files {
-                self.poison.poison(error)
-            } else {
-                error
-            }
-        })
     }
 
     fn write(&self, state: &mut State, offset: u64, data: Bytes) -> io::Result<()> {
@@ -88,7 +107,7 @@ impl Handle {
             .checked_add(length)
             .filter(|end| *end <= SIMULATED_MAX_FILE_SIZE_BYTES)
             .ok_or_else(errors::file_too_large)?;
-        let alignment = state.write_alignment_bytes;
+        let alignment = self.alignment(state);
         if offset % alignment != 0 || length % alignment != 0 {
             // As O_DIRECT does: a misaligned write is refused before anything is written.
             return Err(errors::invalid_input(
@@ -125,7 +144,7 @@ impl Handle {
                 .write(offset, data.slice(..applied as usize));
             return Err(errors::input_output());
         }
-        let direct = state.write_alignment_bytes > 1;
+        let direct = alignment > 1;
         state.file(self.node).write(offset, data);
         if direct {
             // O_DSYNC: durable on return, and so is what was written before.
@@ -189,28 +208,42 @@ impl Handle {
 }
 
 impl SimulatedFile {
-    /// A call that only looks at the file (stale handles fail; nothing poisons).
+    /// A call that only looks at the file (stale handles fail).
     fn inspect<T: Send + 'static>(
         &self,
         op: &'static str,
         work: impl FnOnce(&mut State, &Handle) -> io::Result<T> + Send + 'static,
     ) -> Completion<T> {
         let handle = Arc::clone(&self.handle);
-        in_flight::perform(&self.storage, op, &self.handle.path, move |state| {
-            handle.live(state, op, |state| work(state, &handle))
-        })
+        in_flight::perform(
+            &self.storage,
+            op,
+            &self.handle.path,
+            move |state| handle.live(state, op, |state| work(state, &handle)),
+            None,
+        )
     }
 
-    /// A write-class call (refused when poisoned, poisoning on failure).
+    /// A write-class call: refused on a read-only handle, and failing with the failure of an
+    /// earlier one whose caller left before seeing it (it records such failures; it does not
+    /// poison on the failures its callers receive).
     fn mutate<T: Send + 'static>(
         &self,
         op: &'static str,
         work: impl FnOnce(&mut State, &Handle) -> io::Result<T> + Send + 'static,
     ) -> Completion<T> {
         let handle = Arc::clone(&self.handle);
-        in_flight::perform(&self.storage, op, &self.handle.path, move |state| {
-            handle.mutate(state, op, |state| work(state, &handle))
-        })
+        let recorder = Arc::clone(&self.handle);
+        let report: in_flight::Reporter = Box::new(move |error: WalError| {
+            drop(recorder.abandoned_failure.poison(error));
+        });
+        in_flight::perform(
+            &self.storage,
+            op,
+            &self.handle.path,
+            move |state| handle.mutate(state, op, |state| work(state, &handle)),
+            Some(report),
+        )
     }
 }
 
@@ -228,7 +261,7 @@ impl StorageFile for SimulatedFile {
     }
 
     fn write_alignment(&self) -> u64 {
-        self.storage.lock().write_alignment_bytes
+        self.handle.alignment(&self.storage.lock())
     }
 
     async fn evict_cache(&self) -> WalResult<()> {

@@ -11,7 +11,8 @@
 //! operation completes with probability [`COMPLETION_PROBABILITY`], independently of the others,
 //! so they complete out of submission order: a write whose caller gave up can land after a later
 //! write to the same bytes. Completing runs the effect exactly as an immediate call would, fault
-//! injection and handle poisoning included, and leaves the result for the future.
+//! injection included, and leaves the result for the future. A write-class call whose future
+//! was dropped reports its failure on its handle instead (see the `handle` module).
 //!
 //! A crash resolves every operation in flight first (see [`CrashKind`]); their futures then
 //! return a stale-handle error, as the calls of a process that died never return.
@@ -92,11 +93,17 @@ impl InFlight {
     }
 }
 
+/// Records the failure of a call whose caller stopped waiting for it, so that it is reported
+/// later instead of lost (the storage contract: "Errors are reported, never lost").
+pub(super) type Reporter = Box<dyn FnOnce(WalError) + Send>;
+
 /// Where a submitted operation leaves its result for its future.
 struct Slot<T> {
     result: Option<WalResult<T>>,
     /// The future was dropped before the result arrived.
     abandoned: bool,
+    /// Where a failure nobody will see goes, if the call reports those.
+    report: Option<Reporter>,
 }
 
 type SharedSlot<T> = Arc<Mutex<Slot<T>>>;
@@ -110,6 +117,9 @@ fn lock_slot<T>(slot: &SharedSlot<T>) -> MutexGuard<'_, Slot<T>> {
 /// otherwise waiting for its operation in flight.
 pub(super) struct Completion<T> {
     stage: Stage<T>,
+    /// For a call performed on submission: where its failure goes if the future is dropped
+    /// before it returned it.
+    report: Option<Reporter>,
 }
 
 enum Stage<T> {
@@ -164,10 +174,24 @@ impl<T> Future for Completion<T> {
 
 impl<T> Drop for Completion<T> {
     fn drop(&mut self) {
-        if let Stage::Waiting { slot, .. } = &self.stage {
-            let mut slot = lock_slot(slot);
-            if slot.result.is_none() {
-                slot.abandoned = true;
+        match &mut self.stage {
+            Stage::Ready(result) => {
+                if let (Some(Err(error)), Some(report)) = (result.take(), self.report.take()) {
+                    report(error);
+                }
+            }
+            Stage::Waiting { slot, .. } => {
+                let mut slot = lock_slot(slot);
+                match slot.result.take() {
+                    None => slot.abandoned = true,
+                    Some(Err(error)) => {
+                        // Completed, but its caller left before it saw the failure.
+                        if let Some(report) = slot.report.take() {
+                            report(error);
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                }
             }
         }
     }
@@ -175,12 +199,14 @@ impl<T> Drop for Completion<T> {
 
 /// Performs a storage call: first a completion point for the operations already in flight,
 /// then, with the configured chance, submitted to complete later; otherwise `effect` runs at
-/// once. `effect` is what the call does, under the machine's lock, whenever it runs.
+/// once. `effect` is what the call does, under the machine's lock, whenever it runs. `report`,
+/// if any, receives a failure of the call that its caller never saw (it dropped the future).
 pub(super) fn perform<T: Send + 'static>(
     storage: &SimulatedStorage,
     op: &'static str,
     path: &Path,
     effect: impl FnOnce(&mut State) -> WalResult<T> + Send + 'static,
+    report: Option<Reporter>,
 ) -> Completion<T> {
     let mut guard = storage.lock();
     let state = &mut *guard;
@@ -189,11 +215,13 @@ pub(super) fn perform<T: Send + 'static>(
     if !(room && state.rng.chance(state.in_flight_rate)) {
         return Completion {
             stage: Stage::Ready(Some(effect(state))),
+            report,
         };
     }
     let slot = Arc::new(Mutex::new(Slot {
         result: None,
         abandoned: false,
+        report,
     }));
     let id = state.in_flight.submitted;
     state.in_flight.submitted += 1;
@@ -211,6 +239,7 @@ pub(super) fn perform<T: Send + 'static>(
             slot,
             submitted: false,
         },
+        report: None,
     }
 }
 
@@ -236,6 +265,13 @@ fn finisher<T: Send + 'static>(
         let mut slot = lock_slot(&slot);
         if slot.abandoned && resolution != Resolution::DiscardedByCrash {
             state.counters.in_flight_landed_after_drop += 1;
+        }
+        if slot.abandoned && resolution == Resolution::Complete {
+            // Nobody will take the result: a failure goes where the call reports those.
+            if let (Err(error), Some(report)) = (result, slot.report.take()) {
+                report(error);
+            }
+            return;
         }
         slot.result = Some(result);
     })

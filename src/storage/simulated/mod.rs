@@ -22,8 +22,10 @@
 //! * Handles opened before the crash fail every call with an I/O error; the log must reopen.
 //!
 //! A failed `sync` behaves as Linux does (fsyncgate): a random part of the dirty data reaches the
-//! media, the rest is dropped and marked clean, so a retried sync succeeds without it. Handles
-//! poison themselves after a failed write, `set_len` or sync (see [`SimulatedConfig`]).
+//! media, the rest is dropped and marked clean, so a retried sync succeeds without it. Handles do
+//! not poison themselves: [`CheckedStorage`](crate::CheckedStorage), which the log wraps every
+//! backend in, refuses writes after a failure. A handle only reports, on its next write, `set_len`
+//! or sync, the failure of a write-class call whose future was dropped before it saw it.
 //!
 //! # Calls left in flight
 //!
@@ -55,7 +57,7 @@ pub use config::{
 
 use super::{DirLock, Storage, StorageFile};
 use crate::error::{Poison, WalError, WalResult};
-use handle::{Handle, SimulatedFile};
+use handle::{Handle, Opened, SimulatedFile};
 use in_flight::{Completion, CrashKind, InFlight};
 use rng::SimRng;
 use tree::{components, Node, NodeId, Tree};
@@ -75,7 +77,6 @@ struct State {
     one_shots: Vec<OneShotFault>,
     counters: FaultCounters,
     capacity_bytes: Option<u64>,
-    poison_files: bool,
     /// Incremented by every crash; handles from an older generation are stale.
     generation: u64,
     tree: Tree,
@@ -84,7 +85,7 @@ struct State {
     locks: std::collections::HashMap<PathBuf, u64>,
     /// Temporary file tags handed out, so names depend on the run, not on the process.
     tags: u64,
-    /// Write alignment of direct I/O files, or 1 (see [`SimulatedConfig`]).
+    /// Write alignment of files opened with `open_direct`, or 1 (see [`SimulatedConfig`]).
     write_alignment_bytes: u64,
     /// Chance that a call is left in flight (see [`SimulatedConfig::in_flight_rate`]).
     in_flight_rate: f64,
@@ -163,7 +164,6 @@ impl SimulatedStorage {
             one_shots: Vec::new(),
             counters: FaultCounters::default(),
             capacity_bytes: config.capacity_bytes,
-            poison_files: config.poison_files,
             generation: 0,
             tree: Tree::new(),
             locks: std::collections::HashMap::new(),
@@ -238,12 +238,6 @@ impl SimulatedStorage {
     /// Bytes held by the files currently linked in the namespace (what capacity counts).
     pub fn used_bytes(&self) -> u64 {
         self.lock().tree.used_bytes()
-    }
-
-    /// Turns per-handle poisoning on (the contract; the default) or off. Off exists only so
-    /// meta-tests can show that a log retrying a failed fsync is caught by the checker.
-    pub fn set_poison_files(&self, enabled: bool) {
-        self.lock().poison_files = enabled;
     }
 
     /// A snapshot of the injected-fault counters.
@@ -375,9 +369,13 @@ impl SimulatedStorage {
         work: impl FnOnce(&mut State, &Path) -> io::Result<T> + Send + 'static,
     ) -> Completion<T> {
         let owned = path.to_path_buf();
-        in_flight::perform(self, op, path, move |state| {
-            work(state, &owned).map_err(|source| WalError::io(op, &owned, source))
-        })
+        in_flight::perform(
+            self,
+            op,
+            path,
+            move |state| work(state, &owned).map_err(|source| WalError::io(op, &owned, source)),
+            None,
+        )
     }
 }
 
@@ -411,24 +409,17 @@ impl Storage for SimulatedStorage {
     }
 
     async fn open(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
-        let names = components(path);
-        let (node, generation) = self
-            .namespace("open", path, move |state, path| {
-                if state.inject(FaultKind::OpenError, path) {
-                    return Err(errors::input_output());
-                }
-                Ok((state.tree.open_file(&names)?, state.generation))
-            })
-            .await?;
-        Ok(Arc::new(SimulatedFile {
-            storage: self.clone(),
-            handle: Arc::new(Handle {
-                path: path.to_path_buf(),
-                node,
-                generation,
-                poison: Poison::new(),
-            }),
-        }))
+        self.open_as(path, Opened::Buffered).await
+    }
+
+    /// Files opened this way behave as direct I/O files when
+    /// [`SimulatedConfig::write_alignment_bytes`] is above 1.
+    async fn open_direct(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
+        self.open_as(path, Opened::Direct).await
+    }
+
+    async fn open_read_only(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
+        self.open_as(path, Opened::ReadOnly).await
     }
 
     async fn exists(&self, path: &Path) -> WalResult<bool> {
@@ -529,6 +520,39 @@ impl Storage for SimulatedStorage {
             shared: Arc::clone(&self.shared),
             dir: dir.to_path_buf(),
             generation,
+        }))
+    }
+}
+
+impl SimulatedStorage {
+    /// Opens a handle; only a writable open creates a missing file.
+    async fn open_as(&self, path: &Path, opened: Opened) -> WalResult<Arc<dyn StorageFile>> {
+        let names = components(path);
+        let (node, generation) = self
+            .namespace("open", path, move |state, path| {
+                if state.inject(FaultKind::OpenError, path) {
+                    return Err(errors::input_output());
+                }
+                let node = match opened {
+                    Opened::Buffered | Opened::Direct => state.tree.open_file(&names)?,
+                    Opened::ReadOnly => match state.tree.lookup(&names)? {
+                        Some(Node::File(node)) => node,
+                        Some(Node::Dir(_)) => return Err(errors::is_a_directory()),
+                        None => return Err(errors::not_found()),
+                    },
+                };
+                Ok((node, state.generation))
+            })
+            .await?;
+        Ok(Arc::new(SimulatedFile {
+            storage: self.clone(),
+            handle: Arc::new(Handle {
+                path: path.to_path_buf(),
+                node,
+                generation,
+                opened,
+                abandoned_failure: Poison::new(),
+            }),
         }))
     }
 }

@@ -102,7 +102,8 @@ pub(super) async fn file_loop(
     const CHUNK_BYTES: u64 = 1 << 20;
     let dir = setup.fresh_dir("file");
     storage.create_dir_all(&dir).await?;
-    let file = storage.open(&dir.join("file.dat")).await?;
+    // Opened as the log opens its segments: direct I/O where the backend does it.
+    let file = storage.open_direct(&dir.join("file.dat")).await?;
     let file_bytes = setup.segment_size_bytes;
     let zeros = Bytes::from(vec![0u8; CHUNK_BYTES as usize]);
     let mut offset = 0;
