@@ -213,6 +213,26 @@ impl<S: Storage + Clone> Shared<S> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Waits until `reached` holds for the published durability: `Ok` then (even after a
+    /// failure, unless `reached` looks at it); an error if the log fails or stops first.
+    async fn wait_durable_until(&self, reached: impl Fn(&Durability) -> bool) -> WalResult<()> {
+        self.durability
+            .wait_for(|state| {
+                if reached(state) {
+                    Some(Ok(()))
+                } else if let Some(failure) = &state.failure {
+                    Some(Err(Self::poisoned_error(failure)))
+                } else if state.stopped {
+                    Some(Err(WalError::Shutdown {
+                        what: "buffered log",
+                    }))
+                } else {
+                    None
+                }
+            })
+            .await
+    }
+
     fn poisoned_error(failure: &Arc<WalError>) -> WalError {
         WalError::Poisoned {
             first_failure: Arc::clone(failure),
@@ -453,20 +473,7 @@ impl<S: Storage + Clone> BufferedWal<S> {
             }
         }
         shared
-            .durability
-            .wait_for(|state| {
-                if state.index >= index {
-                    Some(Ok(()))
-                } else if let Some(failure) = &state.failure {
-                    Some(Err(Shared::<S>::poisoned_error(failure)))
-                } else if state.stopped {
-                    Some(Err(WalError::Shutdown {
-                        what: "buffered log",
-                    }))
-                } else {
-                    None
-                }
-            })
+            .wait_durable_until(|state| state.index >= index)
             .await
     }
 
@@ -489,23 +496,13 @@ impl<S: Storage + Clone> BufferedWal<S> {
         };
         shared.wake_flusher.notify_one();
         shared
-            .durability
-            .wait_for(|state| {
-                if let Some(failure) = &state.failure {
-                    return Some(Err(Shared::<S>::poisoned_error(failure)));
-                }
+            .wait_durable_until(|state| {
+                // A failure wins here: a truncate or purge that failed left the buffer's last
+                // index behind the log, so reaching it proves nothing.
                 let buffer = shared.buffer();
-                let settled =
-                    buffer.maintenance == 0 && state.index >= target.min(buffer.next_index - 1);
-                if settled {
-                    Some(Ok(()))
-                } else if state.stopped {
-                    Some(Err(WalError::Shutdown {
-                        what: "buffered log",
-                    }))
-                } else {
-                    None
-                }
+                state.failure.is_none()
+                    && buffer.maintenance == 0
+                    && state.index >= target.min(buffer.next_index - 1)
             })
             .await
     }
@@ -715,16 +712,9 @@ impl<S: Storage + Clone> MaintenanceGuard<S> {
             Maintenance::TruncateAfter(index) => index,
             Maintenance::PurgeBefore(_) => u64::MAX,
         };
-        let keep = match shared.take_pending_through(keep_through) {
-            Ok(keep) => keep,
-            Err(error) => {
-                self.armed = false;
-                shared.buffer().maintenance -= 1;
-                // Appends waiting for the maintenance to end look again.
-                shared.durability.modify(|_| {});
-                return Err(error);
-            }
-        };
+        // Refused only on a log already failed: the guard, still armed, ends the maintenance
+        // and keeps that first failure.
+        let keep = shared.take_pending_through(keep_through)?;
         if let Maintenance::TruncateAfter(index) = maintenance {
             shared.record_truncation(index);
         }

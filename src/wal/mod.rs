@@ -32,13 +32,13 @@ use recovery::RecoveryReport;
 use segment::{prepare_segment_file, Segment};
 use terms::TermRuns;
 
-/// The name of the operation that seals a recovery cut; a full disk fails it without poisoning.
-const SEAL_OPERATION: &str = "seal the recovery cut";
-
 /// The storage calls of one mutating call, with what they change, until they have finished.
 struct InFlight<S: Storage + Clone> {
     /// The call that started it, for logs.
     operation: &'static str,
+    /// A full disk fails it without poisoning the log: true only for sealing a recovery cut,
+    /// which meets a full disk while zero-filling its file, before anything on disk changed.
+    full_disk_changes_nothing: bool,
     /// The calls themselves. Only ever reached through `&mut` (`Mutex::get_mut`, no locking):
     /// the mutex only makes the log `Sync`, as the future alone is not.
     future: Mutex<OperationFuture<S>>,
@@ -70,6 +70,8 @@ pub struct Wal<S: Storage + Clone> {
     /// The backend, whose files refuse writes after a failed one.
     storage: CheckedStorage<S>,
     config: WalConfig,
+    /// `config.dir`, shared with each operation without copying the path.
+    dir: Arc<std::path::Path>,
     /// Live segments in index order; the last is the one appended to.
     segments: Vec<Segment>,
     terms: TermRuns,
@@ -176,6 +178,7 @@ impl<S: Storage + Clone> Wal<S> {
             seal_pending: false,
             counters: Arc::default(),
             _lock: lock,
+            dir: Arc::from(config.dir.as_path()),
             config,
         };
         if read_only {
@@ -566,10 +569,14 @@ impl<S: Storage + Clone> Wal<S> {
     /// beyond the cut, then the segments it supersedes are removed.
     async fn seal_cut(&mut self) -> WalResult<()> {
         let superseded = self.report.segments_removed.clone();
-        self.launch(SEAL_OPERATION, move |mut operation| async move {
+        self.launch("seal the recovery cut", move |mut operation| async move {
             let result = operation.seal_cut(&superseded).await;
             (operation, result)
         });
+        self.in_flight
+            .as_mut()
+            .expect("just launched")
+            .full_disk_changes_nothing = true;
         self.complete().await
     }
 
@@ -583,12 +590,13 @@ impl<S: Storage + Clone> Wal<S> {
         assert!(self.in_flight.is_none(), "one operation at a time");
         let state = Operation {
             storage: self.storage.clone(),
-            dir: self.config.dir.clone(),
+            dir: Arc::clone(&self.dir),
             segment_size_bytes: self.config.segment_size_bytes,
             counters: Arc::clone(&self.counters),
             resources: std::mem::take(&mut self.resources),
             tail: self.segments.last().map(Tail::of),
             next_index: self.next_index,
+            last_term: self.terms.last_term(),
             durable_index: self.durable_index,
             log_start_index: self.log_start_index,
             unsynced: self.unsynced,
@@ -596,6 +604,7 @@ impl<S: Storage + Clone> Wal<S> {
         };
         self.in_flight = Some(InFlight {
             operation,
+            full_disk_changes_nothing: false,
             future: Mutex::new(Box::pin(work(state))),
         });
     }
@@ -626,23 +635,30 @@ impl<S: Storage + Clone> Wal<S> {
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner);
         let (operation, result) = future.as_mut().await;
-        let name = self.in_flight.take().expect("still in flight").operation;
+        let in_flight = self.in_flight.take().expect("still in flight");
         if orphaned && is_on(Sabotage::SkipCancellationGuard) {
             self.resources = operation.resources;
             return Ok(());
         }
         self.apply(operation);
-        match result {
-            Ok(()) => Ok(()),
-            Err(error)
-                if name == SEAL_OPERATION
-                    && error.io_kind() == Some(std::io::ErrorKind::StorageFull) =>
-            {
-                tracing::warn!(%error, "no space to seal the recovery cut; a later write will");
-                Err(error)
-            }
-            Err(error) => Err(self.fail(error)),
+        let error = match result {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        if orphaned {
+            tracing::warn!(
+                operation = in_flight.operation,
+                %error,
+                "the storage calls of a dropped call failed"
+            );
         }
+        if in_flight.full_disk_changes_nothing
+            && error.io_kind() == Some(std::io::ErrorKind::StorageFull)
+        {
+            tracing::warn!(%error, "no space to seal the recovery cut; a later write will");
+            return Err(error);
+        }
+        Err(self.fail(error))
     }
 
     /// Applies the steps an operation completed, in order, and takes back its resources.
@@ -652,15 +668,15 @@ impl<S: Storage + Clone> Wal<S> {
             match effect {
                 Effect::Appended {
                     offsets,
-                    terms,
+                    term_changes,
                     end_offset,
                 } => {
                     let segment = self.segments.last_mut().expect("appended to a segment");
+                    self.next_index += offsets.len() as u64;
                     segment.offsets.extend(offsets);
                     segment.end_offset = end_offset;
-                    for term in terms {
-                        self.terms.push(self.next_index, term);
-                        self.next_index += 1;
+                    for (index, term) in term_changes {
+                        self.terms.push(index, term);
                     }
                     self.unsynced = true;
                 }

@@ -9,7 +9,7 @@
 //! that changes the log drives it to its end first, so memory and disk never disagree and no
 //! later write can land on top of one still in flight.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -68,8 +68,9 @@ pub(crate) enum Effect {
     Appended {
         /// Byte offset of each new record.
         offsets: Vec<u32>,
-        /// Term of each new record.
-        terms: Vec<u64>,
+        /// `(index, term)` of each new record whose term differs from the one before it (empty,
+        /// and so not allocated, while the term stays the same).
+        term_changes: Vec<(u64, u64)>,
         end_offset: u64,
     },
     /// Everything appended so far is durable.
@@ -90,12 +91,14 @@ pub(crate) enum Effect {
 #[derive(Debug)]
 pub(crate) struct Operation<S: Storage + Clone> {
     pub storage: S,
-    pub dir: PathBuf,
+    pub dir: Arc<Path>,
     pub segment_size_bytes: u64,
     pub counters: Arc<WalCounters>,
     pub resources: Resources,
     pub tail: Option<Tail>,
     pub next_index: u64,
+    /// Term of the last entry appended, if any.
+    pub last_term: Option<u64>,
     pub durable_index: u64,
     pub log_start_index: u64,
     pub unsynced: bool,
@@ -172,9 +175,16 @@ impl<S: Storage + Clone> Operation<S> {
         self.counters.written_bytes.add(length);
         let tail = self.tail.as_mut().expect("still there");
         tail.end_offset = start + length;
+        let mut term_changes = Vec::new();
+        for (index, entry) in (self.next_index..).zip(chunk) {
+            if self.last_term != Some(entry.term) {
+                term_changes.push((index, entry.term));
+                self.last_term = Some(entry.term);
+            }
+        }
         self.effects.push(Effect::Appended {
             offsets,
-            terms: chunk.iter().map(|entry| entry.term).collect(),
+            term_changes,
             end_offset: start + length,
         });
         self.next_index += chunk.len() as u64;

@@ -98,9 +98,9 @@ pub fn run_c_floor(
     let mut result = sys::helix_floor_result::default();
     let duration_ns = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
     let ring_config = IoUringConfig::default().raw();
-    // The shim keeps no pointer after it returns; `latencies_ns` has room for the
-    // `MAX_FLOOR_OPERATIONS` values it may write.
-    // SAFETY: `file` stays open for the call, every pointer is valid for the call.
+    // SAFETY: `file` stays open for the call and every pointer is valid for it; the shim keeps
+    // no pointer after it returns, and `latencies_ns` has room for the `MAX_FLOOR_OPERATIONS`
+    // values it may write.
     let ret = unsafe {
         sys::helix_floor_run(
             file.as_raw_fd(),
