@@ -48,12 +48,28 @@ where
     F: FnOnce() -> io::Result<T> + Send + 'static,
     R: FnOnce(io::Error) + Send + 'static,
 {
-    let task = tokio::task::spawn_blocking(move || Unclaimed {
-        result: Some(work()),
-        record: Some(record),
-    });
-    let result = match task.await {
-        Ok(unclaimed) => unclaimed.claim(),
+    let unclaimed = run(op, path, move || {
+        Ok(Unclaimed {
+            result: Some(work()),
+            record: Some(record),
+        })
+    })
+    .await?;
+    unclaimed
+        .claim()
+        .map_err(|source| WalError::io(op, path, source))
+}
+
+/// Runs `work` on tokio's blocking pool and maps its failure to [`WalError::Io`] naming `op`
+/// and `path`. Its result is lost if the caller stops waiting: for calls whose failure changes
+/// nothing (reads, namespace calls); write-class calls use [`run_reporting_abandoned`].
+pub(crate) async fn run<T, F>(op: &'static str, path: &Path, work: F) -> WalResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> io::Result<T> + Send + 'static,
+{
+    let result = match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
         Err(join_error) => Err(io::Error::other(format!(
             "blocking task failed: {join_error}"
         ))),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::blocking::run_reporting_abandoned;
+use super::blocking::{run as blocking, run_reporting_abandoned};
 use super::{DirLock, Storage, StorageFile, LOCK_FILE_NAME};
 use crate::error::{Poison, WalError, WalResult};
 
@@ -58,22 +58,6 @@ impl TokioStorage {
             path: Arc::from(path),
             abandoned_failure: Arc::new(Poison::new()),
         }))
-    }
-}
-
-/// Runs `work` on tokio's blocking pool and maps an I/O error to [`WalError::Io`].
-async fn blocking<T, F>(op: &'static str, path: &Path, work: F) -> WalResult<T>
-where
-    T: Send + 'static,
-    F: FnOnce() -> io::Result<T> + Send + 'static,
-{
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result.map_err(|source| WalError::io(op, path, source)),
-        Err(join_error) => Err(WalError::io(
-            op,
-            path,
-            io::Error::other(format!("blocking task failed: {join_error}")),
-        )),
     }
 }
 

@@ -30,11 +30,12 @@ pub(crate) struct FileInner {
     /// served by the page cache, which the kernel keeps coherent with direct writes).
     pub(crate) read_file: Option<File>,
     pub(crate) path: PathBuf,
-    /// The first failure of a write or sync whose caller stopped waiting, recorded by the ring
-    /// thread when it settles the abandoned request (or of a `set_len` by its blocking task):
-    /// every later write, `set_len` and sync of the file fails with it, since nobody else saw it
-    /// (the storage contract: "Errors are reported, never lost"). Failures a caller receives
-    /// are not recorded here: `CheckedStorage` poisons on those.
+    /// The first failure of a write or sync, recorded by the ring thread when it settles the
+    /// request, before anybody can see it finished, so that the failure of a request whose
+    /// caller stopped waiting is not lost (the storage contract: "Errors are reported, never
+    /// lost"); or of a `set_len` whose caller stopped waiting, by its blocking task. Every
+    /// later write, `set_len` and sync of the file fails with it. (`CheckedStorage` poisons on
+    /// the failures callers receive too; a file outside it still reports them here.)
     pub(crate) poison: Poison,
 }
 

@@ -318,13 +318,7 @@ async fn open_blocking<T: Send + 'static>(
     path: &Path,
     open: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> WalResult<T> {
-    let result = match tokio::task::spawn_blocking(open).await {
-        Ok(result) => result,
-        Err(join_error) => Err(io::Error::other(format!(
-            "blocking task failed: {join_error}"
-        ))),
-    };
-    result.map_err(|source| WalError::io("open", path, source))
+    crate::storage::blocking::run("open", path, open).await
 }
 
 /// Whether files are opened for direct I/O.
