@@ -404,8 +404,7 @@ impl<S: Storage + Clone> Wal<S> {
     }
 
     async fn write_batch(&mut self, entries: &[Entry], durable: bool) -> WalResult<()> {
-        self.settle().await;
-        self.check_writable()?;
+        self.settle_and_check().await?;
         self.validate_batch(entries)?;
         self.prepare_write().await?;
         let entries = entries.to_vec();
@@ -428,8 +427,7 @@ impl<S: Storage + Clone> Wal<S> {
     /// Cancel safe. A dropped sync is finished by the next call that changes the log; until
     /// then the durable index stays where it was.
     pub async fn sync(&mut self) -> WalResult<()> {
-        self.settle().await;
-        self.check_writable()?;
+        self.settle_and_check().await?;
         if !self.unsynced {
             return Ok(());
         }
@@ -452,8 +450,7 @@ impl<S: Storage + Clone> Wal<S> {
     /// old end fails with [`WalError::NonContiguousIndex`] once the truncation has taken
     /// effect. Until then the log reports the entries it had before the call.
     pub async fn truncate_after(&mut self, index: u64) -> WalResult<()> {
-        self.settle().await;
-        self.check_writable()?;
+        self.settle_and_check().await?;
         self.prepare_write().await?;
         if index >= self.last_index() {
             return Ok(());
@@ -492,8 +489,7 @@ impl<S: Storage + Clone> Wal<S> {
     /// Cancel safe, as [`Wal::truncate_after`]: a dropped purge or reset is finished by the next
     /// call that changes the log.
     pub async fn purge_before(&mut self, index: u64) -> WalResult<()> {
-        self.settle().await;
-        self.check_writable()?;
+        self.settle_and_check().await?;
         self.prepare_write().await?;
         if index > MAX_LOG_INDEX {
             return Err(WalError::InvalidArgument(format!(
@@ -607,6 +603,13 @@ impl<S: Storage + Clone> Wal<S> {
             full_disk_changes_nothing: false,
             future: Mutex::new(Box::pin(work(state))),
         });
+    }
+
+    /// Finishes an operation a dropped call left suspended, if any, then checks that the log
+    /// takes writes. Every mutating call begins here.
+    async fn settle_and_check(&mut self) -> WalResult<()> {
+        self.settle().await;
+        self.check_writable()
     }
 
     /// Finishes an operation a dropped call left suspended, if any. Its outcome is applied and
