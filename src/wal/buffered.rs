@@ -645,6 +645,13 @@ impl<S: Storage + Clone> BufferedWal<S> {
             if let Some(flusher) = flusher {
                 let _ = flusher.await;
             }
+            // The flusher drains what was buffered before it stops. A first close whose caller
+            // went away holds its handle: a second close waits for the stop all the same, so
+            // that it never closes the log under the final flush.
+            shared
+                .durability
+                .wait_for(|state| state.stopped.then_some(()))
+                .await;
             let mut wal = shared.wal.write().await;
             wal.close().await?;
             match &shared.buffer().failure {
@@ -854,6 +861,9 @@ fn next_step(buffer: &Buffer, config: &BufferedWalConfig) -> Next {
 
 /// The flusher task: waits for a due flush, writes and syncs the batch, publishes the result.
 async fn run_flusher<S: Storage + Clone>(shared: Arc<Shared<S>>) {
+    // Whatever ends the flusher (done, cancelled with its runtime, a panic), waiters and a
+    // closing `close` learn that it stopped.
+    let _stopped = Stopped(&shared.durability);
     loop {
         let step = next_step(&shared.buffer(), &shared.config);
         match step {
@@ -871,7 +881,15 @@ async fn run_flusher<S: Storage + Clone>(shared: Arc<Shared<S>>) {
             Next::Flush => flush_once(&shared).await,
         }
     }
-    shared.durability.modify(|state| state.stopped = true);
+}
+
+/// Publishes that the flusher stopped when dropped.
+struct Stopped<'a>(&'a Published<Durability>);
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        self.0.modify(|state| state.stopped = true);
+    }
 }
 
 /// Writes and syncs everything pending in one batch.
