@@ -101,8 +101,8 @@ struct ring_counters {
  * Only the ring thread touches the table. Other threads (helix_ring_read_stats) read only the
  * atomics `shown_slots`, `held` and `releasing`, and `error`, which is fixed at creation. The
  * ring thread lowers `releasing` before `held` and lowers `held` with release; the stats read
- * `held` with acquire and then `releasing`, so they never show more files releasing than
- * held. */
+ * `held` with acquire and then `releasing`, so a drop never shows more files releasing than
+ * held. Raising both is relaxed, so the stats clamp `releasing` to `held` as well. */
 struct held_files {
     /* Size of the table (0 when there is none), and the same for other threads to read. */
     uint32_t slots;
@@ -590,7 +590,8 @@ void helix_ring_read_stats(const struct helix_ring *ring, struct helix_ring_stat
      * `struct held_files`), `held` before `releasing`. */
     out->held_file_slots = atomic_load_explicit(&ring->held.shown_slots, memory_order_relaxed);
     out->held_files = atomic_load_explicit(&ring->held.held, memory_order_acquire);
-    out->held_files_releasing = read_counter(&ring->held.releasing);
+    uint64_t releasing = read_counter(&ring->held.releasing);
+    out->held_files_releasing = releasing < out->held_files ? releasing : out->held_files;
 }
 
 /* ---------------------------------------------------------------------------------------- */

@@ -399,6 +399,12 @@ async fn open_read_only_reads_and_never_creates(case: &Case<'_>) {
         !storage.exists(&missing).await.unwrap(),
         "open_read_only must not create a file"
     );
+    let dir = case.file_path("d").await;
+    storage.create_dir_all(&dir).await.unwrap();
+    assert!(
+        storage.open_read_only(&dir).await.is_err(),
+        "open_read_only must refuse a directory"
+    );
 }
 
 // Proves a read allocation is bounded by the file, not by the requested length.

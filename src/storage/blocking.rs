@@ -61,8 +61,10 @@ where
 }
 
 /// Runs `work` on tokio's blocking pool and maps its failure to [`WalError::Io`] naming `op`
-/// and `path`. Its result is lost if the caller stops waiting: for calls whose failure changes
-/// nothing (reads, namespace calls); write-class calls use [`run_reporting_abandoned`].
+/// and `path`. Its result is lost if the caller stops waiting: for reads, opens and namespace
+/// calls, directory syncs included (whose failure only the caller can act on; the log never
+/// abandons one, see the storage contract); file writes and syncs use
+/// [`run_reporting_abandoned`].
 pub(crate) async fn run<T, F>(op: &'static str, path: &Path, work: F) -> WalResult<T>
 where
     T: Send + 'static,

@@ -2,9 +2,11 @@
 //!
 //! After a failed write, `set_len` or sync of a file, every later write, `set_len` and sync of
 //! that file is refused with [`WalError::Poisoned`] naming the first failure; reads keep working.
-//! Backends do not poison their own files: the log wraps whatever storage it is given in a
+//! Backends need not poison their own files: the log wraps whatever storage it is given in a
 //! [`CheckedStorage`], so a backend written outside this crate gets the guarantee too. (The
-//! `CheckedBackend` of redb is the model.)
+//! `CheckedBackend` of redb is the model.) Backends only keep a record of the failures of calls
+//! whose caller went away; the io_uring backend records every failed write and fsync, since its
+//! ring thread cannot tell at completion whether the caller is still there.
 //!
 //! A wrapper above a call sees only the calls it waits for. A backend that carries out a call
 //! whose caller stopped waiting reports a failure of it on the file's next write-class call (the

@@ -24,6 +24,13 @@
 //!   its caller. If the caller stopped waiting (dropped the future) and the backend still carried
 //!   the call out, a failure of it must make the file's next write, `set_len` or sync fail
 //!   (with [`WalError::Poisoned`](crate::WalError) naming it), since nobody else can see it.
+//!   "Next" means started after the abandoned call finished: a sync started while an abandoned
+//!   sync of the same file is still running may return before that failure is known (Linux
+//!   reports a writeback error once per open file), so a caller that gives up on a sync and
+//!   retries must not count on the retry alone. The log never does this: it abandons no storage
+//!   call (a dropped log call's calls are finished by the next one, see `Wal`). Directory syncs
+//!   have no such record: a failed `sync_dir` nobody waited for is lost, as the next one opens
+//!   the directory anew; the log never abandons one either.
 //! * **Errors poison writes**, kept by [`CheckedStorage`] for every backend: after a write,
 //!   `set_len` or sync of a file fails, every later write, `set_len` and sync of that file returns
 //!   [`WalError::Poisoned`](crate::WalError) naming the first failure. A failed fsync is never

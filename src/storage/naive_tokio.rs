@@ -58,6 +58,14 @@ impl Storage for NaiveTokioStorage {
     }
 
     async fn open_read_only(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
+        // A read-only open(2) of a directory succeeds; a file of this backend is never one.
+        if self.directories.is_dir(path).await? {
+            return Err(WalError::io(
+                "open",
+                path,
+                std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory"),
+            ));
+        }
         NaiveFile::opened(path, tokio::fs::File::open(path).await)
     }
 
@@ -115,8 +123,9 @@ impl NaiveFile {
         }))
     }
 
-    /// Runs a write-class call: refused if an earlier one was abandoned before it completed,
-    /// and marking the file so if this one is.
+    /// Runs a write-class call, which the caller starts once it holds the file's lock (a call
+    /// given up while waiting for the lock submitted nothing): refused if an earlier one was
+    /// abandoned before it completed, and marking the file so if this one is.
     async fn mutate(
         &self,
         op: &'static str,
@@ -160,8 +169,8 @@ impl StorageFile for NaiveFile {
     }
 
     async fn write_at(&self, offset: u64, data: Bytes) -> WalResult<()> {
+        let mut file = self.file.lock().await;
         self.mutate("write", async {
-            let mut file = self.file.lock().await;
             file.seek(SeekFrom::Start(offset)).await?;
             file.write_all(&data).await?;
             file.flush().await
@@ -205,31 +214,27 @@ impl StorageFile for NaiveFile {
     }
 
     async fn set_len(&self, len: u64) -> WalResult<()> {
-        self.mutate("set_len", async {
-            let file = self.file.lock().await;
-            file.set_len(len).await
-        })
-        .await
+        let file = self.file.lock().await;
+        self.mutate("set_len", file.set_len(len)).await
     }
 
     async fn sync(&self) -> WalResult<()> {
-        self.mutate("fsync", async {
-            let file = self.file.lock().await;
-            file.sync_data().await
-        })
-        .await
+        let file = self.file.lock().await;
+        self.mutate("fsync", file.sync_data()).await
     }
 
     async fn evict_cache(&self) -> WalResult<()> {
         let file = self.file.lock().await;
-        let evicted = async {
-            let duplicate = file.try_clone().await?.into_std().await;
-            tokio::task::spawn_blocking(move || super::evict_file_cache(&duplicate))
-                .await
-                .map_err(std::io::Error::other)?
-        }
-        .await;
-        evicted.map_err(|source| WalError::io("evict cache", &self.path, source))
+        let duplicate = file
+            .try_clone()
+            .await
+            .map_err(|source| WalError::io("evict cache", &self.path, source))?
+            .into_std()
+            .await;
+        super::blocking::run("evict cache", &self.path, move || {
+            super::evict_file_cache(&duplicate)
+        })
+        .await
     }
 
     fn write_alignment(&self) -> u64 {

@@ -54,9 +54,11 @@ impl TokioStorage {
             ));
         }
         Ok(Arc::new(TokioFile {
-            file: Arc::new(file),
-            path: Arc::from(path),
-            abandoned_failure: Arc::new(Poison::new()),
+            inner: Arc::new(FileInner {
+                file,
+                path: path.to_path_buf(),
+                abandoned_failure: Poison::new(),
+            }),
         }))
     }
 }
@@ -188,15 +190,19 @@ fn sync_directory(_dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// A file of [`TokioStorage`].
+/// A file of [`TokioStorage`]: what calls on the blocking pool share, behind one `Arc`.
 #[derive(Debug)]
 struct TokioFile {
-    file: Arc<File>,
-    /// Shared with calls on the blocking pool, to name the file in a failure nobody claimed.
-    path: Arc<Path>,
+    inner: Arc<FileInner>,
+}
+
+#[derive(Debug)]
+struct FileInner {
+    file: File,
+    path: PathBuf,
     /// The first failure of a write-class call whose caller stopped waiting: it fails every
     /// later write-class call, since nobody else saw it.
-    abandoned_failure: Arc<Poison>,
+    abandoned_failure: Poison,
 }
 
 impl TokioFile {
@@ -207,18 +213,36 @@ impl TokioFile {
         T: Send + 'static,
         F: FnOnce(&File) -> io::Result<T> + Send + 'static,
     {
-        self.abandoned_failure.check()?;
-        let file = Arc::clone(&self.file);
-        let (record, path) = (Arc::clone(&self.abandoned_failure), Arc::clone(&self.path));
-        let record_failure = move |source| drop(record.poison(WalError::io(op, &*path, source)));
-        run_reporting_abandoned(op, &self.path, move || work(&file), record_failure).await
+        self.inner.abandoned_failure.check()?;
+        let (inner, record) = (Arc::clone(&self.inner), Arc::clone(&self.inner));
+        let record_failure = move |source| {
+            let error = WalError::io(op, &record.path, source);
+            drop(record.abandoned_failure.poison(error));
+        };
+        run_reporting_abandoned(
+            op,
+            &self.inner.path,
+            move || work(&inner.file),
+            record_failure,
+        )
+        .await
+    }
+
+    /// Runs a call whose failure only its caller acts on (reads, stat, cache eviction).
+    async fn read_class<T, F>(&self, op: &'static str, work: F) -> WalResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&File) -> io::Result<T> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        blocking(op, &self.inner.path, move || work(&inner.file)).await
     }
 }
 
 #[async_trait]
 impl StorageFile for TokioFile {
     fn path(&self) -> &Path {
-        &self.path
+        &self.inner.path
     }
 
     async fn write_at(&self, offset: u64, data: Bytes) -> WalResult<()> {
@@ -227,13 +251,13 @@ impl StorageFile for TokioFile {
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> WalResult<Bytes> {
-        let file = Arc::clone(&self.file);
-        blocking("read", &self.path, move || read_up_to(&file, offset, len)).await
+        self.read_class("read", move |file| read_up_to(file, offset, len))
+            .await
     }
 
     async fn size(&self) -> WalResult<u64> {
-        let file = Arc::clone(&self.file);
-        blocking("stat", &self.path, move || Ok(file.metadata()?.len())).await
+        self.read_class("stat", |file| Ok(file.metadata()?.len()))
+            .await
     }
 
     async fn set_len(&self, len: u64) -> WalResult<()> {
@@ -249,11 +273,8 @@ impl StorageFile for TokioFile {
     }
 
     async fn evict_cache(&self) -> WalResult<()> {
-        let file = Arc::clone(&self.file);
-        blocking("evict cache", &self.path, move || {
-            super::evict_file_cache(&file)
-        })
-        .await
+        self.read_class("evict cache", super::evict_file_cache)
+            .await
     }
 
     async fn write_at_and_sync(&self, offset: u64, data: Bytes) -> WalResult<()> {

@@ -77,8 +77,8 @@ pub(crate) struct Owned {
     /// The file a `HELIX_OP_HOLD_FILE` hands to the ring: open until the request completes,
     /// even if its caller gave up, so its descriptor cannot name another file meanwhile.
     pub(crate) held_file: Option<std::fs::File>,
-    /// The operation a failure of a write or fsync is reported as when it poisons `file`
-    /// (empty: a generic name).
+    /// The operation a failure of a write or fsync is reported as when it poisons `file`: set
+    /// by `IoUringFile::mutate`, through which every write and fsync goes.
     pub(crate) operation: &'static str,
 }
 
@@ -539,12 +539,8 @@ fn poison_if_failed_write(opcode: u32, result: i32, owned: &Owned) {
         return;
     }
     if let Some(file) = &owned.file {
-        let operation = match owned.operation {
-            "" => "write or fsync",
-            named => named,
-        };
         let error = WalError::io(
-            operation,
+            owned.operation,
             &file.path,
             std::io::Error::from_raw_os_error(-result),
         );
