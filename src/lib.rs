@@ -37,7 +37,7 @@ pub use stats::{GroupCommitStats, LatencyHistogram, WalStats};
 pub use storage::NaiveTokioStorage;
 pub use storage::{
     create_storage, create_storage_with, CheckedFile, CheckedStorage, CrashReport, DirLock,
-    FaultConfig, FaultCounters, FaultKind, NoSpaceScope, OneShotFault, SimulatedConfig,
+    FaultConfig, FaultCounters, FaultKind, NoSpaceScope, OneShotFault, SimRng, SimulatedConfig,
     SimulatedStorage, Storage, StorageChoice, StorageFile, StorageOptions, TokioStorage,
     LOCK_FILE_NAME,
 };

@@ -54,7 +54,8 @@ pub const SIMULATED_MAX_FILE_SIZE_BYTES: u64 = 1 << 30;
 /// without limit. 64 is a deep io_uring queue.
 pub const SIMULATED_MAX_IN_FLIGHT_OPERATIONS: usize = 64;
 
-/// Largest entry index the log accepts (2^62). Far beyond any real log; bounding it keeps index
+/// Entry indexes stay below this bound (2^62), so that the index after the last entry, which
+/// a new segment may start at, is at most this. Far beyond any real log; bounding it keeps index
 /// arithmetic on values read from disk free of overflow.
 pub const MAX_LOG_INDEX: u64 = 1 << 62;
 

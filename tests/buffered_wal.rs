@@ -500,6 +500,44 @@ mod cases {
             Err(WalError::InvalidArgument(_))
         ));
     }
+
+    /// Proves that a buffered append is validated exactly as a `Wal` append is, index limit
+    /// included: an entry at `MAX_LOG_INDEX` is refused when it is appended, and the log stays
+    /// writable. (Validated only by the log, it would be buffered and then fail the flush,
+    /// poisoning the log and failing every waiter.)
+    pub async fn the_index_limit_is_checked_on_append(harness: Harness) {
+        use helix_wal::constants::MAX_LOG_INDEX;
+        let mut wal = Wal::open(harness.storage.clone(), config(&harness.dir))
+            .await
+            .unwrap();
+        // A reset: the next append must carry the last index the log supports.
+        wal.purge_before(MAX_LOG_INDEX - 1).await.unwrap();
+        let log = BufferedWal::new(wal, buffered_config(1)).unwrap();
+        let last = log
+            .append_durable(Entry::new(
+                MAX_LOG_INDEX - 1,
+                1,
+                Bytes::from_static(b"last"),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(last, MAX_LOG_INDEX - 1);
+        assert!(matches!(
+            log.append(Entry::new(MAX_LOG_INDEX, 1, Bytes::new())).await,
+            Err(WalError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            log.append_next(1, Bytes::new()).await,
+            Err(WalError::InvalidArgument(_))
+        ));
+        log.flush().await.unwrap();
+        assert_eq!(log.durable_index(), MAX_LOG_INDEX - 1);
+        assert_eq!(
+            log.read(MAX_LOG_INDEX - 1).await.unwrap().payload,
+            Bytes::from_static(b"last")
+        );
+        log.close().await.unwrap();
+    }
 }
 
 for_each_log_backend!(crate::cases;
@@ -513,4 +551,5 @@ for_each_log_backend!(crate::cases;
     invalid_config_and_appends,
     appends_race_purges,
     truncated_entry_is_never_acknowledged,
+    the_index_limit_is_checked_on_append,
 );

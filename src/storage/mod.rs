@@ -73,7 +73,7 @@ pub use io_uring::{
 #[cfg(feature = "baselines")]
 pub use naive_tokio::NaiveTokioStorage;
 pub use simulated::{
-    CrashReport, FaultConfig, FaultCounters, FaultKind, NoSpaceScope, OneShotFault,
+    CrashReport, FaultConfig, FaultCounters, FaultKind, NoSpaceScope, OneShotFault, SimRng,
     SimulatedConfig, SimulatedStorage,
 };
 pub use tokio_storage::TokioStorage;

@@ -1,33 +1,25 @@
-//! The checker's own pseudo-random generator (splitmix64), so that a seed names the same run on
-//! every machine and with every version of every dependency.
+//! The checker's generator: the simulator's own splitmix64 ([`SimRng`]) under a seed of its
+//! own, so that a seed names the same run on every machine and with every version of every
+//! dependency, with the draws the checker needs on top.
 
-/// A seeded splitmix64 generator.
+use helix_wal::SimRng;
+
+/// Seeds the checker's stream apart from the simulator's, which gets the same seed.
+const CHECKER_SEED_MASK: u64 = 0xC0FF_EE00_D15E_A5E5;
+
+/// The checker's seeded generator.
 #[derive(Debug, Clone)]
-pub struct Rng {
-    state: u64,
-}
+pub struct Rng(SimRng);
 
 impl Rng {
     /// A generator whose whole output is determined by `seed`.
     pub fn new(seed: u64) -> Self {
-        Self {
-            state: seed ^ 0xC0FF_EE00_D15E_A5E5,
-        }
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut mixed = self.state;
-        mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        mixed ^ (mixed >> 31)
+        Self(SimRng::new(seed ^ CHECKER_SEED_MASK))
     }
 
     /// A number in `0..bound` (`bound > 0`).
     pub fn below(&mut self, bound: u64) -> u64 {
-        assert!(bound > 0, "Rng::below needs a positive bound");
-        ((u128::from(self.next_u64()) * u128::from(bound)) >> 64) as u64
+        self.0.below(bound)
     }
 
     /// A number in `low..=high`.
@@ -36,7 +28,7 @@ impl Rng {
         low + self.below(high - low + 1)
     }
 
-    /// True `numerator` times in `denominator`.
+    /// True once in `denominator` draws, on average.
     pub fn one_in(&mut self, denominator: u64) -> bool {
         self.below(denominator) == 0
     }
@@ -57,12 +49,10 @@ impl Rng {
     /// `length` bytes that depend only on `nonce`, so every payload the checker ever appends is
     /// distinct from every other one of the same length.
     pub fn payload(nonce: u64, length: usize) -> Vec<u8> {
-        let mut generator = Rng::new(nonce.wrapping_mul(0x2545_F491_4F6C_DD1D));
-        let mut bytes = Vec::with_capacity(length + 8);
-        while bytes.len() < length {
-            bytes.extend_from_slice(&generator.next_u64().to_le_bytes());
-        }
-        bytes.truncate(length);
+        let mut bytes = vec![0; length];
+        Rng::new(nonce.wrapping_mul(0x2545_F491_4F6C_DD1D))
+            .0
+            .fill(&mut bytes);
         bytes
     }
 }

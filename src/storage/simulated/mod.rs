@@ -59,7 +59,7 @@ use super::{DirLock, Storage, StorageFile};
 use crate::error::{Poison, WalError, WalResult};
 use handle::{Handle, Opened, SimulatedFile};
 use in_flight::{Completion, CrashKind, InFlight};
-use rng::SimRng;
+pub use rng::SimRng;
 use tree::{components, Node, NodeId, Tree};
 
 /// The in-memory, deterministic, fault-injecting storage backend. Cloning gives another handle

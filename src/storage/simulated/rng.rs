@@ -1,22 +1,23 @@
 //! The simulator's pseudo-random generator: splitmix64, written here so that the sequence of
 //! faults for a seed never changes with a dependency's version or the machine it runs on.
-//! Only integer arithmetic and exact integer-to-float conversions are used.
+//! Only integer arithmetic and exact integer-to-float conversions are used. Public, so that a
+//! simulation test draws its workload from the same reproducible generator as the faults.
 
 /// A seeded splitmix64 generator. Not for cryptography: it only has to be fast, well mixed and
 /// reproducible.
 #[derive(Debug, Clone)]
-pub(super) struct SimRng {
+pub struct SimRng {
     state: u64,
 }
 
 impl SimRng {
     /// A generator whose whole output is determined by `seed`.
-    pub(super) fn new(seed: u64) -> Self {
+    pub fn new(seed: u64) -> Self {
         Self { state: seed }
     }
 
     /// The next 64 random bits.
-    pub(super) fn next_u64(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut mixed = self.state;
         mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -25,14 +26,14 @@ impl SimRng {
     }
 
     /// A number in `0..bound`. Multiply-shift keeps the bias below 2^-64 per unit of `bound`.
-    pub(super) fn below(&mut self, bound: u64) -> u64 {
+    pub fn below(&mut self, bound: u64) -> u64 {
         assert!(bound > 0, "SimRng::below needs a positive bound");
         ((u128::from(self.next_u64()) * u128::from(bound)) >> 64) as u64
     }
 
     /// True with probability `probability` (clamped to [0, 1]). Draws nothing when the answer
     /// is certain, so a disabled fault does not shift the sequence of the others.
-    pub(super) fn chance(&mut self, probability: f64) -> bool {
+    pub fn chance(&mut self, probability: f64) -> bool {
         if probability <= 0.0 {
             return false;
         }
@@ -45,7 +46,7 @@ impl SimRng {
     }
 
     /// Fills `buffer` with random bytes.
-    pub(super) fn fill(&mut self, buffer: &mut [u8]) {
+    pub fn fill(&mut self, buffer: &mut [u8]) {
         for chunk in buffer.chunks_mut(8) {
             let bytes = self.next_u64().to_le_bytes();
             chunk.copy_from_slice(&bytes[..chunk.len()]);
