@@ -1,5 +1,5 @@
 //! Appends: payload 64 B to 64 KiB, synced every append, every 16 appends, or never (the
-//! plan's fsync-per-write and periodic-fsync scenarios), on every backend compiled in.
+//! fsync-per-write and periodic-fsync scenarios), on every backend compiled in.
 
 mod common;
 

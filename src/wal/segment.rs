@@ -245,7 +245,8 @@ pub(crate) enum ScanStop {
 pub(crate) struct Scan {
     /// Offsets of the valid records, in index order.
     pub offsets: Vec<u32>,
-    /// Term of the last valid record, if any.
+    /// The terms of the valid records as runs: `(index, term)` for each record whose term
+    /// differs from the one before it, in index order (empty when no record is valid).
     pub terms: Vec<(u64, u64)>,
     /// Offset just past the last valid record.
     pub end_offset: u64,

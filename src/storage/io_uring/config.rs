@@ -3,7 +3,8 @@
 
 use crate::error::{WalError, WalResult};
 
-/// Default submission queue entries (the plan's 256). The completion queue gets twice as many.
+/// Default submission queue entries: 256, room for 128 linked write+fsync pairs, far more than
+/// the 64 registered buffers can feed. The completion queue gets twice as many.
 pub const DEFAULT_SQ_ENTRIES: u32 = 256;
 /// Largest accepted submission queue: the kernel's own maximum.
 pub const MAX_SQ_ENTRIES: u32 = 32_768;
@@ -19,9 +20,11 @@ pub const MAX_BATCH: u32 = 4096;
 pub const DEFAULT_GATHER_WINDOW_US: u32 = 0;
 /// Largest accepted gathering window: 10 ms. Longer would be a unit mistake.
 pub const MAX_GATHER_WINDOW_US: u32 = 10_000;
-/// Default number of registered buffers (the plan's 64).
+/// Default number of registered buffers: 64. A write in flight holds one; writes beyond 64 at
+/// once go out from their own memory (counted as misses).
 pub const DEFAULT_REGISTERED_BUFFER_COUNT: u32 = 64;
-/// Default size of each registered buffer: 64 KiB (the plan's typical WAL write).
+/// Default size of each registered buffer: 64 KiB, a typical batched WAL write; the whole pool
+/// (4 MiB) stays inside an 8 MiB memlock limit.
 pub const DEFAULT_REGISTERED_BUFFER_BYTES: u32 = 64 << 10;
 /// Largest accepted number of registered buffers.
 pub const MAX_REGISTERED_BUFFER_COUNT: u32 = 1024;
