@@ -20,6 +20,9 @@ mod uring {
 
     /// Set (e.g. to `address`) to compile the shim with that sanitizer.
     const SANITIZE_VARIABLE: &str = "HELIX_SANITIZE";
+    /// The C define that compiles the shim's test hooks, given to the compiler and to bindgen
+    /// alike (so both see the same header) only with the test-only `test-support` feature.
+    const TEST_HOOKS_DEFINE: &str = "HELIX_TEST_HOOKS";
     /// The file that records the pinned liburing version.
     const PIN_FILE: &str = "vendor/liburing.toml";
     /// The shim's sources and headers (the only input of bindgen): the ring, and the raw
@@ -35,6 +38,11 @@ mod uring {
         check_liburing_version(&include);
         compile_shim(&include);
         generate_bindings();
+    }
+
+    /// True with the `test-support` feature: the shim's test hooks are compiled in.
+    fn test_hooks() -> bool {
+        env::var_os("CARGO_FEATURE_TEST_SUPPORT").is_some()
     }
 
     /// The configured liburing header directory exported by uring-sys2 (`links = "uring"`).
@@ -101,6 +109,9 @@ mod uring {
                 .flag(format!("-fsanitize={sanitizer}"))
                 .flag("-fno-omit-frame-pointer");
         }
+        if test_hooks() {
+            build.define(TEST_HOOKS_DEFINE, None);
+        }
         build
             .files(SHIM_SOURCES)
             .include(SHIM_DIR)
@@ -126,6 +137,7 @@ mod uring {
             .fold(bindgen::Builder::default(), |builder, header| {
                 builder.header(*header)
             })
+            .clang_args(test_hooks().then(|| format!("-D{TEST_HOOKS_DEFINE}")))
             .allowlist_function("helix_.*")
             .allowlist_type("helix_.*")
             .allowlist_var("HELIX_.*")

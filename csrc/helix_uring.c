@@ -22,7 +22,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#ifdef HELIX_TEST_HOOKS
 #include <sys/mman.h>
+#endif
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
@@ -165,12 +167,15 @@ struct helix_ring {
     uint64_t wake_value;
     _Atomic int sleeping;
     _Atomic int stop;
-    _Atomic int short_write_armed;
     struct buffer_pool pool;
     struct held_files held;
-    /* Two pages, the second unreadable: source of simulated short writes (test hook). */
-    uint8_t *trap;
     size_t page_bytes;
+#ifdef HELIX_TEST_HOOKS
+    /* Test hook: the next write crossing a page boundary is cut short there (see
+     * helix_ring_arm_short_write), its source being two pages, the second unreadable. */
+    _Atomic int short_write_armed;
+    uint8_t *trap;
+#endif
     struct ring_counters counters;
 };
 
@@ -443,6 +448,8 @@ static void raise_iowq_workers(struct helix_ring *ring, uint32_t workers)
     (void)io_uring_register_iowq_max_workers(&ring->uring, values);
 }
 
+#ifdef HELIX_TEST_HOOKS
+/* Test hook: maps the two pages short writes are sourced from, the second unreadable. */
 static int create_trap(struct helix_ring *ring)
 {
     void *trap = mmap(NULL, 2 * ring->page_bytes, PROT_READ | PROT_WRITE,
@@ -458,10 +465,18 @@ static int create_trap(struct helix_ring *ring)
     return 0;
 }
 
-static void release_resources(struct helix_ring *ring)
+static void release_trap(struct helix_ring *ring)
 {
     if (ring->trap)
         munmap(ring->trap, 2 * ring->page_bytes);
+}
+#endif
+
+static void release_resources(struct helix_ring *ring)
+{
+#ifdef HELIX_TEST_HOOKS
+    release_trap(ring);
+#endif
     if (ring->wake_fd >= 0)
         close(ring->wake_fd);
     free(ring->held.free_slots);
@@ -483,7 +498,10 @@ int helix_ring_create(const struct helix_ring_config *config, struct helix_ring 
     ring->max_batch = config->max_batch ? config->max_batch : DEFAULT_MAX_BATCH;
     ring->gather_window_us = config->gather_window_us;
     ring->idle_spin_us = config->idle_spin_us;
-    int ret = create_trap(ring);
+    int ret = 0;
+#ifdef HELIX_TEST_HOOKS
+    ret = create_trap(ring);
+#endif
     if (ret == 0) {
         /* Blocking on purpose: io_uring would complete a read of a non-blocking eventfd with
          * -EAGAIN instead of waiting for a write. */
@@ -548,10 +566,12 @@ void helix_ring_request_stop(struct helix_ring *ring)
     helix_ring_notify(ring);
 }
 
+#ifdef HELIX_TEST_HOOKS
 void helix_ring_arm_short_write(struct helix_ring *ring, uint32_t armed)
 {
     atomic_store_explicit(&ring->short_write_armed, armed != 0, memory_order_release);
 }
+#endif
 
 uint32_t helix_ring_max_requests(const struct helix_ring *ring)
 {
@@ -644,23 +664,45 @@ static uint8_t *pool_buffer(struct helix_ring *ring, const struct helix_request 
     return ring->pool.memory + (size_t)request->fixed_index * ring->pool.bytes;
 }
 
-/* Test hook: when armed and this round's write crosses a page boundary of the file, copies the
- * bytes up to that boundary to the end of the trap's readable page. The kernel then copies
- * those bytes, faults on the unreadable page and reports a genuine short write. */
-static const uint8_t *short_write_source(struct helix_ring *ring, struct helix_request *request,
-                                         const uint8_t *source, uint32_t length)
+#ifdef HELIX_TEST_HOOKS
+/* Test hook: when armed and a write of `length` bytes at `position` crosses a page boundary of
+ * the file, copies the bytes up to that boundary to the end of the trap's readable page and
+ * returns where they start. The kernel then copies those bytes, faults on the unreadable page
+ * and reports a genuine short write. NULL when the write goes ahead as asked. */
+static const uint8_t *short_write_source(struct helix_ring *ring, const uint8_t *source,
+                                         uint32_t length, uint64_t position)
 {
     if (!atomic_load_explicit(&ring->short_write_armed, memory_order_acquire))
         return NULL;
-    uint64_t position = request->offset + request->done;
     uint32_t to_boundary = (uint32_t)(ring->page_bytes - position % ring->page_bytes);
     if (to_boundary >= length)
         return NULL;
     atomic_store_explicit(&ring->short_write_armed, 0, memory_order_relaxed);
     uint8_t *start = ring->trap + ring->page_bytes - to_boundary;
     memcpy(start, source, to_boundary);
-    request->trap_len = to_boundary;
     return start;
+}
+#endif
+
+/* Prepares the write SQE of a round: `length` bytes of `memory` at `position`. */
+static void prep_write(struct helix_ring *ring, struct io_uring_sqe *sqe,
+                       const struct helix_request *request, const uint8_t *memory,
+                       uint32_t length, uint64_t position)
+{
+#ifdef HELIX_TEST_HOOKS
+    const uint8_t *trap = short_write_source(ring, memory, length, position);
+    if (trap) {
+        io_uring_prep_write(sqe, request->fd, trap, length, position);
+        return;
+    }
+#else
+    (void)ring;
+#endif
+    if (request->fixed_index >= 0)
+        io_uring_prep_write_fixed(sqe, request->fd, memory, length, position,
+                                  request->fixed_index);
+    else
+        io_uring_prep_write(sqe, request->fd, memory, length, position);
 }
 
 /* Queues the read or write SQE of a round. Space must have been reserved. */
@@ -675,14 +717,7 @@ static void queue_transfer(struct helix_ring *ring, struct helix_request *reques
     uint8_t *memory = (fixed ? pool_buffer(ring, request) : request->buf) + request->done;
     request->round_len = length;
     if (tag == TAG_WRITE) {
-        const uint8_t *trap = short_write_source(ring, request, memory, length);
-        if (trap)
-            io_uring_prep_write(sqe, request->fd, trap, length, position);
-        else if (fixed)
-            io_uring_prep_write_fixed(sqe, request->fd, memory, length, position,
-                                      request->fixed_index);
-        else
-            io_uring_prep_write(sqe, request->fd, memory, length, position);
+        prep_write(ring, sqe, request, memory, length, position);
     } else if (fixed) {
         io_uring_prep_read_fixed(sqe, request->fd, memory, length, position,
                                  request->fixed_index);
@@ -794,7 +829,6 @@ static void start_request(struct helix_ring *ring, const struct helix_ring_hooks
     request->pending = 0;
     request->rounds = 0;
     request->round_len = 0;
-    request->trap_len = 0;
     request->fixed_index = -1;
     ring->in_flight++;
     atomic_store_explicit(&ring->counters.in_flight, ring->in_flight, memory_order_relaxed);

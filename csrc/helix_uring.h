@@ -78,8 +78,6 @@ struct helix_request {
     uint64_t round_len;
     /* Rounds submitted (continuations after short transfers and retries included). */
     uint32_t rounds;
-    /* Bytes that went through a simulated short write (test hook), 0 otherwise. */
-    uint32_t trap_len;
 };
 
 /* Configuration of a ring. Zero in a field that has a default means "use the default". */
@@ -203,11 +201,15 @@ void helix_ring_read_stats(const struct helix_ring *ring, struct helix_ring_stat
 /* Largest number of requests that may be handed to the ring at once. */
 uint32_t helix_ring_max_requests(const struct helix_ring *ring);
 
-/* Test hook, thread safe: when `armed` is non-zero, the next write that crosses a page boundary
- * of its file transfers, for real, only the bytes up to that boundary: its source is placed so
- * that the rest is unreadable, the kernel faults there and reports a short write (cancelling a
- * linked fsync). Exercises the recovery from short writes. 0 disarms. */
+#ifdef HELIX_TEST_HOOKS
+/* Test hook, compiled only with HELIX_TEST_HOOKS defined (build.rs defines it for the crate's
+ * test-only `test-support` feature; the shipped build has no such hook). Thread safe: when
+ * `armed` is non-zero, the next write that crosses a page boundary of its file transfers, for
+ * real, only the bytes up to that boundary: its source is placed so that the rest is
+ * unreadable, the kernel faults there and reports a short write (cancelling a linked fsync).
+ * Exercises the recovery from short writes. 0 disarms. */
 void helix_ring_arm_short_write(struct helix_ring *ring, uint32_t armed);
+#endif
 
 /* Frees the ring. Only after `helix_ring_run` returned (or was never called). */
 void helix_ring_destroy(struct helix_ring *ring);

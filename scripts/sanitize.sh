@@ -12,6 +12,7 @@ export RUSTDOCFLAGS="-Zsanitizer=address"
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1"
 export HELIX_REQUIRE_IO_URING=1
 export CARGO_TARGET_DIR=target/sanitize
-run() { cargo +nightly test --target "$target" --features io-uring "$@"; }
+# `test-support`: the conformance suite, and the backend's test hooks (short writes).
+run() { cargo +nightly test --target "$target" --features io-uring,test-support "$@"; }
 run --test io_uring
 run --test storage_conformance --test wal --test buffered_wal -- io_uring

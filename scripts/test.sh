@@ -45,8 +45,9 @@ export HELIX_REQUIRE_ROOT_TESTS="${HELIX_REQUIRE_ROOT_TESTS:-$root_default}"
 # The features that ship: all but `sabotage`, whose deliberate bugs exist for the meta-tests
 # only (`baselines` comes with `cli`).
 shipped_features="io-uring,cli,metrics"
-# `test-support` is test-only, not shipped (it exposes the public storage conformance suite):
-# it is added to the test run so that tests/storage_conformance.rs (required-features) runs.
+# `test-support` is test-only, not shipped (it exposes the public storage conformance suite and
+# compiles the io_uring backend's test hooks): it is added to the test run so that
+# tests/storage_conformance.rs (required-features) and the hook tests of tests/io_uring.rs run.
 test_features="$shipped_features,test-support"
 
 step "tests, shipped features and test-support ($test_features)"

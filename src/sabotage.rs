@@ -1,5 +1,12 @@
-//! Deliberate bugs for meta-tests: each flag breaks one durability rule at the exact point in the
-//! log where it is kept, so the simulation checker can prove it catches that bug.
+//! Deliberate bugs in the log's own logic, for meta-tests: each flag breaks one durability rule
+//! at the exact point in the log where it is kept, so the simulation checker can prove it
+//! catches that bug.
+//!
+//! Only bugs of the log live here. Bugs at the storage boundary (a file sync that returns `Ok`
+//! without syncing, a directory sync skipped, a failed fsync retried and its success taken as
+//! durable) are not the log's to make: the meta-tests put them in a storage wrapper of the tests
+//! (`StorageSabotage` in tests/common/instrumented.rs) below the log's own
+//! [`CheckedStorage`](crate::CheckedStorage), and nothing in the crate knows of them.
 //!
 //! Only the `sabotage` cargo feature makes the flags settable; without it every check is a
 //! constant `false` that the compiler removes. The flags are per thread: the simulation runs the
@@ -9,19 +16,11 @@
 /// One deliberate bug.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sabotage {
-    /// `Wal::sync` returns `Ok` without syncing, and durable appends write without syncing.
-    SkipFsync,
-    /// Creating, renaming or removing a segment skips the directory sync.
-    SkipDirSync,
     /// The durable index advances when entries are written, before any sync covers them.
     AckBeforeFsync,
     /// Recovery keeps a torn record whose header survived (its checksum fails) instead of
     /// cutting the log before it.
     KeepTornTail,
-    /// A failed fsync is retried and, if the retry succeeds, the log carries on unpoisoned. The
-    /// log's [`CheckedStorage`](crate::CheckedStorage) neither refuses nor records anything while
-    /// this is on, so the retry reaches the storage.
-    RetryFailedFsync,
     /// The operation of a dropped call is finished on disk by the next call, but what it
     /// changed is not applied to the log's memory (the state before cancel safety).
     SkipCancellationGuard,

@@ -4,7 +4,9 @@
 //! configuration, by the conformance suite (tests/storage_conformance.rs).
 //!
 //! When the machine refuses io_uring, each test says so loudly on stderr and returns (set
-//! `HELIX_REQUIRE_IO_URING=1` to turn that into a failure).
+//! `HELIX_REQUIRE_IO_URING=1` to turn that into a failure). The tests of the short-write and
+//! refused-`O_DIRECT` test hooks exist only with the test-only `test-support` feature, which
+//! compiles those hooks into the backend and which scripts/test.sh enables.
 #![cfg(all(target_os = "linux", feature = "io-uring"))]
 
 mod common;
@@ -229,10 +231,12 @@ async fn a_lone_request_is_submitted_when_the_window_ends() {
     assert_eq!(after.largest_batch, 1, "{after:?}");
 }
 
-// Proves the linked pair recovers from a genuine short write: the test hook makes the kernel
-// write only up to the first page boundary (the rest of the source is unreadable), so the
-// kernel cancels the linked fsync; the backend writes the remainder with a fresh fsync and
-// reports success only then, and every byte is on disk.
+// Proves the linked pair recovers from a genuine short write: the test hook (feature
+// `test-support`, as the other hook tests here) makes the kernel write only up to the first
+// page boundary (the rest of the source is unreadable), so the kernel cancels the linked fsync;
+// the backend writes the remainder with a fresh fsync and reports success only then, and every
+// byte is on disk.
+#[cfg(feature = "test-support")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linked_pair_recovers_from_a_short_write() {
     // No registered buffers: the hook works on either path, this keeps the case simple.
@@ -268,6 +272,7 @@ async fn linked_pair_recovers_from_a_short_write() {
 }
 
 // Proves a plain write continues after a genuine short write (same hook, no fsync involved).
+#[cfg(feature = "test-support")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_continues_after_a_short_write() {
     let Some((harness, storage)) = harness_with(buffered()) else {
@@ -952,6 +957,7 @@ async fn direct_io_writes_whole_blocks_without_fsync() {
 // Proves the fallback when a filesystem refuses O_DIRECT: files from open_direct are then
 // buffered (no alignment demanded, durable writes by a linked fsync), and a log on them works
 // and reopens.
+#[cfg(feature = "test-support")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filesystem_refusing_direct_io_gets_buffered_files() {
     use helix_wal::{Entry, Wal, WalConfig};

@@ -12,6 +12,11 @@
 //! whose caller stopped waiting reports a failure of it on the file's next write-class call (the
 //! contract in the storage module docs); the error reaches this wrapper there and poisons the
 //! file from then on.
+//!
+//! It also sees only what the storage below it reports: a storage that hides a failure (retries
+//! a failed fsync and reports the retry's success, or skips a sync and reports `Ok`) breaks the
+//! storage contract where no wrapper above can notice. The meta-tests put exactly such broken
+//! storages below this wrapper to prove that the simulation and crash checkers catch them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +26,6 @@ use bytes::Bytes;
 
 use super::{DirLock, Storage, StorageFile};
 use crate::error::{Poison, WalError, WalResult};
-use crate::sabotage::{is_on, Sabotage};
 
 /// Any backend, with files that refuse every write, `set_len` and sync after the first one that
 /// failed (see the storage module docs, "Errors poison writes").
@@ -128,16 +132,11 @@ impl CheckedFile {
         &self,
         call: impl std::future::Future<Output = WalResult<()>>,
     ) -> WalResult<()> {
-        // The meta-test of this sabotage shows that a log retrying a failed fsync is caught by
-        // the simulation checker, which needs the retry to reach the storage.
-        let checked = !is_on(Sabotage::RetryFailedFsync);
-        if checked {
-            self.poison.check()?;
-        }
+        self.poison.check()?;
         match call.await {
             Err(error @ WalError::Shutdown { .. }) => Err(error),
-            Err(error) if checked => Err(self.poison.poison(error)),
-            result => result,
+            Err(error) => Err(self.poison.poison(error)),
+            Ok(()) => Ok(()),
         }
     }
 }

@@ -163,15 +163,11 @@ impl<S: Storage + Clone> Operation<S> {
         let start = tail.end_offset;
         let length = data.len() as u64;
         let started = sync_now.then(Instant::now);
-        let mut result = if sync_now && !is_on(Sabotage::SkipFsync) {
-            file.write_at_and_sync(start, data).await
+        if sync_now {
+            file.write_at_and_sync(start, data).await?;
         } else {
-            file.write_at(start, data).await
-        };
-        if result.is_err() && sync_now && is_on(Sabotage::RetryFailedFsync) {
-            result = file.sync().await;
+            file.write_at(start, data).await?;
         }
-        result?;
         self.counters.written_bytes.add(length);
         let tail = self.tail.as_mut().expect("still there");
         tail.end_offset = start + length;
@@ -243,15 +239,7 @@ impl<S: Storage + Clone> Operation<S> {
         }
         let file = Arc::clone(&self.tail.as_ref().expect("unsynced implies a segment").file);
         let started = Instant::now();
-        let mut synced = if is_on(Sabotage::SkipFsync) {
-            Ok(())
-        } else {
-            file.sync().await
-        };
-        if synced.is_err() && is_on(Sabotage::RetryFailedFsync) {
-            synced = file.sync().await;
-        }
-        synced?;
+        file.sync().await?;
         self.counters.syncs.increment();
         self.counters.sync_latency.record(started.elapsed());
         self.synced();
@@ -410,9 +398,6 @@ impl<S: Storage + Clone> Operation<S> {
     }
 
     async fn sync_dir(&self) -> WalResult<()> {
-        if is_on(Sabotage::SkipDirSync) {
-            return Ok(());
-        }
         self.storage.sync_dir(&self.dir).await
     }
 }

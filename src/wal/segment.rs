@@ -208,9 +208,7 @@ pub(crate) async fn install_segment<S: Storage + ?Sized>(
         .await?;
     drop(file);
     storage.rename(prepared, &path).await?;
-    if !is_on(Sabotage::SkipDirSync) {
-        storage.sync_dir(dir).await?;
-    }
+    storage.sync_dir(dir).await?;
     let file = storage.open_direct(&path).await?;
     Ok(Segment {
         header,

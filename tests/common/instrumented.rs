@@ -1,5 +1,5 @@
-//! A storage wrapper for tests: counts syncs and writes, and fails syncs on demand, around any
-//! backend.
+//! A storage wrapper for tests: counts syncs and writes, fails or stalls them on demand, and
+//! breaks them deliberately for the meta-tests, around any backend.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,6 +33,24 @@ pub struct Probe {
     pub dir_syncs_stalled: AtomicU64,
     /// Wakes stalled directory syncs.
     released: tokio::sync::Notify,
+    /// The deliberate bug of this storage, fixed when it is made.
+    sabotage: Option<StorageSabotage>,
+}
+
+/// A deliberate bug at the storage boundary, for the meta-tests that prove a checker catches
+/// it. The wrapper sits below the log's own `CheckedStorage` (which `Wal::open` adds), so the
+/// log sees only what the broken storage reports. (The log's own deliberate bugs are
+/// `helix_wal::sabotage`, feature `sabotage`.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageSabotage {
+    /// File syncs return `Ok` without syncing; `write_at_and_sync` only writes.
+    SkipFsync,
+    /// Directory syncs return `Ok` without syncing.
+    SkipDirSync,
+    /// A failed file sync (or `write_at_and_sync`) is retried by one more sync, whose result
+    /// is returned: after a failed fsync the kernel may have dropped the dirty pages and marked
+    /// them clean, so the retry succeeds without making them durable (fsyncgate).
+    RetryFailedFsync,
 }
 
 impl Probe {
@@ -83,6 +101,18 @@ impl Instrumented {
         Self {
             inner,
             probe: Arc::new(Probe::default()),
+        }
+    }
+
+    /// Wraps `inner` with the deliberate bug `sabotage`.
+    pub fn sabotaged(inner: Arc<dyn Storage>, sabotage: StorageSabotage) -> Self {
+        let probe = Probe {
+            sabotage: Some(sabotage),
+            ..Probe::default()
+        };
+        Self {
+            inner,
+            probe: Arc::new(probe),
         }
     }
 
@@ -139,6 +169,9 @@ impl Storage for Instrumented {
         probe
             .stall(&probe.stall_dir_syncs, &probe.dir_syncs_stalled)
             .await;
+        if probe.sabotage == Some(StorageSabotage::SkipDirSync) {
+            return Ok(());
+        }
         self.inner.sync_dir(dir).await
     }
     fn temporary_file_tag(&self) -> String {
@@ -170,6 +203,17 @@ impl InstrumentedFile {
         let preparing = self.inner.path().to_string_lossy().ends_with(".tmp");
         if !preparing {
             counter.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// `result` of a sync-class call, retried by one more sync if it failed and the sabotage
+    /// says so.
+    async fn maybe_retried(&self, result: WalResult<()>) -> WalResult<()> {
+        match result {
+            Err(_) if self.probe.sabotage == Some(StorageSabotage::RetryFailedFsync) => {
+                self.inner.sync().await
+            }
+            result => result,
         }
     }
 }
@@ -204,16 +248,23 @@ impl StorageFile for InstrumentedFile {
         if self.probe.fail_syncs.load(Ordering::SeqCst) {
             return Err(injected(self.inner.path()));
         }
-        self.inner.sync().await
+        if self.probe.sabotage == Some(StorageSabotage::SkipFsync) {
+            return Ok(());
+        }
+        let result = self.inner.sync().await;
+        self.maybe_retried(result).await
     }
     async fn write_at_and_sync(&self, offset: u64, data: Bytes) -> WalResult<()> {
-        if self.probe.fail_syncs.load(Ordering::SeqCst) {
+        let split = self.probe.fail_syncs.load(Ordering::SeqCst)
+            || self.probe.sabotage == Some(StorageSabotage::SkipFsync);
+        if split {
             self.write_at(offset, data).await?;
             return self.sync().await;
         }
         self.stall_segment_write().await;
         self.count(&self.probe.writes);
         self.count(&self.probe.syncs);
-        self.inner.write_at_and_sync(offset, data).await
+        let result = self.inner.write_at_and_sync(offset, data).await;
+        self.maybe_retried(result).await
     }
 }

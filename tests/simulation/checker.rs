@@ -10,11 +10,14 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::path::Path;
 
+use std::sync::Arc;
+
 use helix_wal::{
     BufferedWal, BufferedWalConfig, Entry, FaultConfig, FaultKind, RecoveryMode, SimulatedConfig,
-    SimulatedStorage, Wal, WalConfig, WalError,
+    SimulatedStorage, Storage, Wal, WalConfig, WalError,
 };
 
+use crate::common::instrumented::{Instrumented, StorageSabotage};
 use crate::model::{Model, Written};
 
 mod buffered;
@@ -35,7 +38,10 @@ const TRACE_OPERATIONS: usize = 40;
 /// Where the simulated machine keeps the log.
 const LOG_DIR: &str = "/sim/log";
 
-type Log = Wal<SimulatedStorage>;
+/// What the log runs on: the simulated machine, or a deliberately broken storage around it.
+type LogStorage = Arc<dyn Storage>;
+type Log = Wal<LogStorage>;
+type Buffered = BufferedWal<LogStorage>;
 type Check<T> = Result<T, String>;
 
 macro_rules! ensure_impl {
@@ -123,7 +129,17 @@ impl Summary {
 
 /// Runs `operations` random operations from `seed` and checks every recovery.
 pub fn run(seed: u64, operations: usize) -> Result<Summary, Failure> {
-    let mut simulation = Simulation::new(seed, operations);
+    run_with(seed, operations, None)
+}
+
+/// Like [`run`], with the log on a storage broken by `sabotage` (for the meta-tests), which
+/// otherwise runs exactly as the same seed on a sound one.
+pub fn run_with(
+    seed: u64,
+    operations: usize,
+    sabotage: Option<StorageSabotage>,
+) -> Result<Summary, Failure> {
+    let mut simulation = Simulation::new(seed, operations, sabotage);
     match simulation.run_all() {
         Ok(()) => {
             simulation.summary.fingerprint = simulation.storage.fingerprint();
@@ -170,12 +186,15 @@ fn refused(result: &Result<(), WalError>) -> bool {
 /// The log as this incarnation drives it.
 enum Handle {
     Plain(Box<Log>),
-    Buffered(BufferedWal<SimulatedStorage>),
+    Buffered(Buffered),
 }
 
 struct Simulation {
     rng: Rng,
+    /// The simulated machine, for crashes and faults.
     storage: SimulatedStorage,
+    /// What the log is opened on: `storage`, or a broken storage around it.
+    log_storage: LogStorage,
     model: Model,
     faults: FaultConfig,
     /// The simulated disk is small enough to fill up.
@@ -194,7 +213,7 @@ struct Simulation {
 }
 
 impl Simulation {
-    fn new(seed: u64, operations: usize) -> Self {
+    fn new(seed: u64, operations: usize, sabotage: Option<StorageSabotage>) -> Self {
         let mut rng = Rng::new(seed);
         // One run in four has direct-I/O files: aligned writes only, durable on return, so the
         // log pads every commit to a block boundary.
@@ -234,9 +253,16 @@ impl Simulation {
             let capacity_bytes = rng.between(256 << 10, 1 << 20);
             storage.set_capacity_bytes(Some(capacity_bytes));
         }
+        let log_storage: LogStorage = match sabotage {
+            None => Arc::new(storage.clone()),
+            Some(sabotage) => {
+                Arc::new(Instrumented::sabotaged(Arc::new(storage.clone()), sabotage))
+            }
+        };
         Self {
             rng,
             storage,
+            log_storage,
             capacity_limited,
             model: Model::new(seed),
             faults,
@@ -420,7 +446,7 @@ impl Simulation {
         // Reopening gives the same log: the first recovery left nothing for a second to change.
         drop(wal);
         self.storage.crash_keeping_everything();
-        let wal = Wal::open(self.storage.clone(), self.config(mode))
+        let wal = Wal::open(self.log_storage.clone(), self.config(mode))
             .await
             .map_err(|error| format!("the second open after recovery failed: {error}"))?;
         ensure!(
@@ -448,7 +474,7 @@ impl Simulation {
     /// What a read-only open reports, which the real recovery must agree with. None when the
     /// mode refuses the log (checked again by the real open).
     async fn read_only_view(&mut self, mode: RecoveryMode) -> Check<Option<(u64, u64)>> {
-        match Wal::open_read_only(self.storage.clone(), self.config(mode)).await {
+        match Wal::open_read_only(self.log_storage.clone(), self.config(mode)).await {
             Ok(wal) => Ok(Some((wal.first_index(), wal.last_index()))),
             Err(WalError::Corrupt { .. }) if mode == RecoveryMode::AbsoluteConsistency => Ok(None),
             Err(error) => Err(format!("read-only open failed: {error}")),
@@ -465,7 +491,7 @@ impl Simulation {
                 .with_rate(FaultKind::OpenError, 0.05)
                 .with_rate(FaultKind::ListError, 0.05);
             self.storage.set_faults(recovery_faults).expect("valid");
-            let attempt = Wal::open(self.storage.clone(), self.config(mode)).await;
+            let attempt = Wal::open(self.log_storage.clone(), self.config(mode)).await;
             self.storage.set_faults(FaultConfig::none()).expect("valid");
             match attempt {
                 Ok(wal) => return Ok((wal, mode)),
@@ -477,13 +503,13 @@ impl Simulation {
                 Err(error) => return Err(format!("recovery failed under faults: {error}")),
             }
         }
-        match Wal::open(self.storage.clone(), self.config(mode)).await {
+        match Wal::open(self.log_storage.clone(), self.config(mode)).await {
             Ok(wal) => Ok((wal, mode)),
             Err(WalError::Corrupt { .. }) if mode == RecoveryMode::AbsoluteConsistency => {
                 // A torn tail is what a crash leaves; AbsoluteConsistency refuses it by design.
                 self.note("AbsoluteConsistency refused the log; reopening tolerantly".into());
                 let tolerant = RecoveryMode::TolerateTailCorruption;
-                let wal = Wal::open(self.storage.clone(), self.config(tolerant))
+                let wal = Wal::open(self.log_storage.clone(), self.config(tolerant))
                     .await
                     .map_err(|error| format!("recovery failed: {error}"))?;
                 Ok((wal, tolerant))

@@ -10,6 +10,8 @@
 //! * `HELIX_SIM_TRACE`: print every operation as it runs.
 
 mod checker;
+#[path = "../common/mod.rs"]
+mod common;
 mod model;
 mod rng;
 
@@ -130,56 +132,73 @@ fn soak() {
     );
 }
 
-/// Meta-tests: each deliberately broken variant of the log is caught within the CI seeds.
+/// Meta-tests: each deliberately broken variant of the log, or of the storage below it, is
+/// caught within the CI seeds.
 #[cfg(feature = "sabotage")]
 mod meta {
     use helix_wal::sabotage::{enable, Sabotage};
 
     use super::*;
+    use crate::common::instrumented::StorageSabotage;
 
-    /// Runs seeds with `sabotage` on until one fails, and checks that the same seed passes
-    /// without it (so the sabotage, not another bug, was caught); panics if no seed fails.
-    fn caught(sabotage: Sabotage) {
-        let seeds = env_number("HELIX_SIM_SEEDS", DEFAULT_SEEDS);
-        for seed in 0..seeds {
-            let broken = {
+    /// A deliberate bug: of the log itself (`helix_wal::sabotage`), or of the storage it runs
+    /// on (a wrapper of the tests below the log's own `CheckedStorage`).
+    #[derive(Debug, Clone, Copy)]
+    enum Bug {
+        Log(Sabotage),
+        Storage(StorageSabotage),
+    }
+
+    /// Runs `seed` with `bug` in place.
+    fn run_broken(bug: Bug, seed: u64) -> Result<Summary, checker::Failure> {
+        match bug {
+            Bug::Log(sabotage) => {
                 let _guard = enable(sabotage);
                 checker::run(seed, operations())
-            };
-            if let Err(failure) = broken {
-                println!("{sabotage:?} caught by seed {seed}: {}", failure.message);
+            }
+            Bug::Storage(sabotage) => checker::run_with(seed, operations(), Some(sabotage)),
+        }
+    }
+
+    /// Runs seeds with `bug` in place until one fails, and checks that the same seed passes
+    /// without it (so the bug, not another one, was caught); panics if no seed fails.
+    fn caught(bug: Bug) {
+        let seeds = env_number("HELIX_SIM_SEEDS", DEFAULT_SEEDS);
+        for seed in 0..seeds {
+            if let Err(failure) = run_broken(bug, seed) {
+                println!("{bug:?} caught by seed {seed}: {}", failure.message);
                 if let Err(failure) = checker::run(seed, operations()) {
-                    panic!("seed {seed} fails without {sabotage:?} too: {failure}");
+                    panic!("seed {seed} fails without {bug:?} too: {failure}");
                 }
                 return;
             }
         }
-        panic!("{sabotage:?} went unnoticed through {seeds} seeds");
+        panic!("{bug:?} went unnoticed through {seeds} seeds");
     }
 
-    // Proves the checker notices a log that acknowledges syncs it never made.
+    // Proves the checker notices a storage whose file syncs return `Ok` without syncing.
     #[test]
     fn skipped_fsync_is_caught() {
-        caught(Sabotage::SkipFsync);
+        caught(Bug::Storage(StorageSabotage::SkipFsync));
     }
 
-    // Proves the checker notices segment creations, renames and removals left unsynced in
-    // the directory.
+    // Proves the checker notices a storage that skips directory syncs: segment creations,
+    // renames and removals left unsynced in the directory.
     #[test]
     fn skipped_directory_fsync_is_caught() {
-        caught(Sabotage::SkipDirSync);
+        caught(Bug::Storage(StorageSabotage::SkipDirSync));
     }
 
     // Proves the checker notices a durable index that runs ahead of the fsync.
     #[test]
     fn acknowledging_before_fsync_is_caught() {
-        caught(Sabotage::AckBeforeFsync);
+        caught(Bug::Log(Sabotage::AckBeforeFsync));
     }
 
     // Proves the checker notices a recovery that keeps a torn tail instead of cutting it.
     #[test]
     fn keeping_a_torn_tail_is_caught() {
-        caught(Sabotage::KeepTornTail);
+        caught(Bug::Log(Sabotage::KeepTornTail));
     }
 
     // Proves the checker notices a log that finishes a dropped call's storage operation
@@ -187,7 +206,7 @@ mod meta {
     // later append is acknowledged and then lost), the bug cancel safety exists for.
     #[test]
     fn skipping_the_cancellation_guard_is_caught() {
-        caught(Sabotage::SkipCancellationGuard);
+        caught(Bug::Log(Sabotage::SkipCancellationGuard));
     }
 
     // Proves the checker notices a recovery that cuts a torn tail from its index but leaves
@@ -195,13 +214,16 @@ mod meta {
     // lost one's exact size lines the old records up again, and they come back.
     #[test]
     fn leaving_a_cut_unsealed_is_caught() {
-        caught(Sabotage::LeaveCutUnsealed);
+        caught(Bug::Log(Sabotage::LeaveCutUnsealed));
     }
 
-    // Proves the checker notices a log that retries a failed fsync and carries on (fsyncgate).
-    // The sabotage also lets the retry past the log's CheckedStorage, which would refuse it.
+    // Proves the checker notices a storage that retries a failed fsync and reports the retry's
+    // success (fsyncgate): the simulated machine, like Linux, settled the unsynced writes at
+    // random when the first fsync failed (some reached the media, the rest never will) and
+    // marked them clean, so the retry succeeds without making them durable, and the log above
+    // carries on unpoisoned as the storage hid the failure from its CheckedStorage.
     #[test]
     fn retrying_a_failed_fsync_is_caught() {
-        caught(Sabotage::RetryFailedFsync);
+        caught(Bug::Storage(StorageSabotage::RetryFailedFsync));
     }
 }

@@ -68,7 +68,8 @@ pub struct IoUringWorkerStorage {
     direct_io: bool,
     /// Set once a filesystem refused `O_DIRECT` (the fallback is logged once).
     direct_io_refused: Arc<AtomicBool>,
-    /// Test hook: open files as if the filesystem refused `O_DIRECT`.
+    /// Test hook (feature `test-support`): open files as if the filesystem refused `O_DIRECT`.
+    #[cfg(feature = "test-support")]
     refuse_direct_io: Arc<AtomicBool>,
     /// Set once a directory lock could not be held by the ring (logged once).
     lock_not_held_logged: Arc<AtomicBool>,
@@ -204,6 +205,7 @@ impl IoUringWorkerStorage {
             metadata: TokioStorage::new(),
             direct_io: config.direct_io,
             direct_io_refused: Arc::new(AtomicBool::new(false)),
+            #[cfg(feature = "test-support")]
             refuse_direct_io: Arc::new(AtomicBool::new(false)),
             lock_not_held_logged: Arc::new(AtomicBool::new(false)),
         })
@@ -235,9 +237,11 @@ impl IoUringWorkerStorage {
         self.worker.shutdown();
     }
 
-    /// Test hook: the next write that crosses a page boundary of its file is cut short at that
-    /// boundary by the kernel (its source memory past the boundary is made unreadable), so that
-    /// tests can prove the recovery from short writes. Not for production use.
+    /// Test hook (feature `test-support` only, never in a shipped build): the next write that
+    /// crosses a page boundary of its file is cut short at that boundary by the kernel (its
+    /// source memory past the boundary is made unreadable), so that tests can prove the
+    /// recovery from short writes.
+    #[cfg(feature = "test-support")]
     #[doc(hidden)]
     pub fn inject_short_write_for_testing(&self) {
         self.worker.shared.ring.arm_short_write(true);
@@ -258,12 +262,22 @@ impl IoUringWorkerStorage {
         ))
     }
 
-    /// Test hook: files opened with `open_direct` from now on are treated as on a filesystem
-    /// that refuses `O_DIRECT` (EINVAL), so they fall back to buffered writes. Not for
-    /// production use.
+    /// Test hook (feature `test-support` only, never in a shipped build): files opened with
+    /// `open_direct` from now on are treated as on a filesystem that refuses `O_DIRECT`
+    /// (EINVAL), so they fall back to buffered writes.
+    #[cfg(feature = "test-support")]
     #[doc(hidden)]
     pub fn refuse_direct_io_for_testing(&self) {
         self.refuse_direct_io.store(true, Ordering::Relaxed);
+    }
+
+    /// How `open_direct` opens files when direct I/O is configured.
+    fn direct_io_mode(&self) -> DirectIo {
+        #[cfg(feature = "test-support")]
+        if self.refuse_direct_io.load(Ordering::Relaxed) {
+            return DirectIo::RefusedForTesting;
+        }
+        DirectIo::On
     }
 
     /// Opens the descriptors of a readable and writable file.
@@ -327,6 +341,7 @@ enum DirectIo {
     Off,
     On,
     /// As `On`, but the filesystem is taken to refuse `O_DIRECT` (test hook).
+    #[cfg(feature = "test-support")]
     RefusedForTesting,
 }
 
@@ -342,6 +357,7 @@ fn open_descriptors(
     let direct = match direct_io {
         DirectIo::Off => return Ok((buffered, None)),
         DirectIo::On => open_file(path, libc::O_DIRECT | libc::O_DSYNC),
+        #[cfg(feature = "test-support")]
         DirectIo::RefusedForTesting => Err(io::Error::from_raw_os_error(libc::EINVAL)),
     };
     match direct {
@@ -377,13 +393,10 @@ impl Storage for IoUringWorkerStorage {
     /// `O_DIRECT | O_DSYNC` descriptor: whole 4096-byte blocks only, durable on completion.
     /// Without it, or on a filesystem that refuses `O_DIRECT`, what `open` returns.
     async fn open_direct(&self, path: &Path) -> WalResult<Arc<dyn StorageFile>> {
-        let direct_io = match (
-            self.direct_io,
-            self.refuse_direct_io.load(Ordering::Relaxed),
-        ) {
-            (false, _) => DirectIo::Off,
-            (true, false) => DirectIo::On,
-            (true, true) => DirectIo::RefusedForTesting,
+        let direct_io = if self.direct_io {
+            self.direct_io_mode()
+        } else {
+            DirectIo::Off
         };
         self.open_with(path, direct_io).await
     }

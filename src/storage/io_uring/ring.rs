@@ -8,8 +8,8 @@ use super::sys;
 /// Owns one `helix_ring`; destroys it when dropped.
 ///
 /// The ring is created on, and runs on, the ring thread. `notify`, `request_stop`, `stats` and
-/// `arm_short_write` are thread safe by the shim's contract; `run` is called once, on the ring
-/// thread.
+/// (with the `test-support` feature) `arm_short_write` are thread safe by the shim's contract;
+/// `run` is called once, on the ring thread.
 #[derive(Debug)]
 pub(crate) struct Ring {
     raw: NonNull<sys::helix_ring>,
@@ -77,8 +77,9 @@ impl Ring {
         out
     }
 
-    /// Test hook: the next write that crosses a page boundary of its file is cut short there
-    /// by the kernel.
+    /// Test hook (feature `test-support`, which compiles the shim's hook too): the next write
+    /// that crosses a page boundary of its file is cut short there by the kernel.
+    #[cfg(feature = "test-support")]
     pub(crate) fn arm_short_write(&self, armed: bool) {
         // SAFETY: thread safe by the shim's contract (one atomic store).
         unsafe { sys::helix_ring_arm_short_write(self.raw.as_ptr(), u32::from(armed)) }

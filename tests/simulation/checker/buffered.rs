@@ -1,16 +1,13 @@
 //! Operations on a `BufferedWal`: buffered and durable appends, concurrent appenders sharing
 //! group commits, flushes, reads, truncation and purge.
 
-use helix_wal::{BufferedWal, SimulatedStorage, WalError};
+use helix_wal::WalError;
 
-use super::{ensure, Check, Crash, Flow, Simulation, MAX_BATCH_ENTRIES};
+use super::{ensure, Buffered, Check, Crash, Flow, Simulation, MAX_BATCH_ENTRIES};
 use crate::model::Written;
 
 impl Simulation {
-    pub(super) async fn drive_buffered(
-        &mut self,
-        buffered: &BufferedWal<SimulatedStorage>,
-    ) -> Check<Crash> {
+    pub(super) async fn drive_buffered(&mut self, buffered: &Buffered) -> Check<Crash> {
         loop {
             if self.operations_left == 0 {
                 return Ok(self.random_crash());
@@ -90,11 +87,7 @@ impl Simulation {
         }
     }
 
-    async fn buffered_append(
-        &mut self,
-        buffered: &BufferedWal<SimulatedStorage>,
-        durable: bool,
-    ) -> Check<Flow> {
+    async fn buffered_append(&mut self, buffered: &Buffered, durable: bool) -> Check<Flow> {
         let index = self.model.next;
         let written = self.next_entry();
         self.note(format!(
@@ -132,7 +125,7 @@ impl Simulation {
 
     /// Several appenders at once, each assigned the next index and waiting for durability:
     /// group commit under concurrency.
-    async fn buffered_burst(&mut self, buffered: &BufferedWal<SimulatedStorage>) -> Check<Flow> {
+    async fn buffered_burst(&mut self, buffered: &Buffered) -> Check<Flow> {
         let count = self.rng.between(2, MAX_BATCH_ENTRIES);
         let term = self.model.term;
         let written: Vec<Written> = (0..count)
@@ -193,7 +186,7 @@ impl Simulation {
         Ok(Flow::Continue)
     }
 
-    async fn buffered_truncate(&mut self, buffered: &BufferedWal<SimulatedStorage>) -> Check<Flow> {
+    async fn buffered_truncate(&mut self, buffered: &Buffered) -> Check<Flow> {
         let low = self.model.first.saturating_sub(1);
         let index = self.rng.between(low, self.model.last().max(low));
         self.note(format!("buffered truncate_after {index}"));
@@ -215,7 +208,7 @@ impl Simulation {
         }
     }
 
-    async fn buffered_purge(&mut self, buffered: &BufferedWal<SimulatedStorage>) -> Check<Flow> {
+    async fn buffered_purge(&mut self, buffered: &Buffered) -> Check<Flow> {
         let index = self.purge_point();
         self.note(format!("buffered purge_before {index}"));
         match buffered.purge_before(index).await {
@@ -236,7 +229,7 @@ impl Simulation {
     /// durable may or may not reach the file, and the log must refuse appends.
     pub(super) async fn buffered_failure(
         &mut self,
-        buffered: &BufferedWal<SimulatedStorage>,
+        buffered: &Buffered,
         error: WalError,
     ) -> Check<Flow> {
         self.after_failure(None, error).await?;

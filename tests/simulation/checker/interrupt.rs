@@ -6,9 +6,9 @@
 use std::future::Future;
 use std::task::Poll;
 
-use helix_wal::{BufferedWal, Entry, SimulatedStorage};
+use helix_wal::Entry;
 
-use super::{ensure, Check, Crash, Flow, Log, Simulation, MAX_BATCH_ENTRIES};
+use super::{ensure, Buffered, Check, Crash, Flow, Log, Simulation, MAX_BATCH_ENTRIES};
 use crate::model::Written;
 
 /// Most polls an interrupted call gets before its future is dropped.
@@ -211,10 +211,7 @@ impl Simulation {
 
     /// A call on a buffered log dropped after a few polls unless it finishes first; then the
     /// process dies, or a flush settles it.
-    pub(super) async fn buffered_interrupted(
-        &mut self,
-        buffered: &BufferedWal<SimulatedStorage>,
-    ) -> Check<Flow> {
+    pub(super) async fn buffered_interrupted(&mut self, buffered: &Buffered) -> Check<Flow> {
         let polls = self.rng.between(1, MAX_POLLS_BEFORE_DROP);
         let (dropped, outcome) = match self.rng.below(4) {
             0 => {
