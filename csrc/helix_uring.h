@@ -185,8 +185,9 @@ int helix_ring_create(const struct helix_ring_config *config, struct helix_ring 
 
 /* Runs the loop until `helix_ring_request_stop` was called, the queue is empty and no request
  * is in flight. Returns 0, having dropped every held file (HELIX_OP_HOLD_FILE), or a negative
- * errno when the ring failed (then every request that was in flight has been completed with
- * that error, and held files stay held until the ring is destroyed). */
+ * errno when the ring failed. A failed run completes nothing more: requests still queued or in
+ * flight stay as they are, for the caller to fail (the kernel may still hold those in flight,
+ * so their memory must not be reused), and held files stay held until the ring is destroyed. */
 int helix_ring_run(struct helix_ring *ring, const struct helix_ring_hooks *hooks);
 
 /* Thread safe: wakes the ring thread if it sleeps. Call after queueing a request. */
