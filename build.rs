@@ -1,6 +1,11 @@
 //! Build script. The portable crate needs no C toolchain: everything here runs only with the
 //! `io-uring` feature on Linux, which compiles the C shim in csrc/ against the pinned liburing
 //! and generates bindings for the shim's own header. Writes only into OUT_DIR.
+//!
+//! The package declares `links = "helix_uring"`: the shim's header directory is exported to the
+//! build scripts of direct dependents as DEP_HELIX_URING_INCLUDE, so that C code linked against
+//! the shim (the CLI's benchmark loops) compiles against the same header, and the shim itself is
+//! compiled once, here.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -25,11 +30,10 @@ mod uring {
     const TEST_HOOKS_DEFINE: &str = "HELIX_TEST_HOOKS";
     /// The file that records the pinned liburing version.
     const PIN_FILE: &str = "vendor/liburing.toml";
-    /// The shim's sources and headers (the only input of bindgen): the ring, and the raw
-    /// durable-write loops the benchmark measures the log against.
+    /// The shim's directory, source and header (the only input of bindgen).
     const SHIM_DIR: &str = "csrc";
-    const SHIM_SOURCES: [&str; 2] = ["csrc/helix_uring.c", "csrc/helix_floor.c"];
-    const SHIM_HEADERS: [&str; 2] = ["csrc/helix_uring.h", "csrc/helix_floor.h"];
+    const SHIM_SOURCE: &str = "csrc/helix_uring.c";
+    const SHIM_HEADER: &str = "csrc/helix_uring.h";
 
     pub fn build() {
         println!("cargo:rerun-if-changed={SHIM_DIR}");
@@ -38,6 +42,7 @@ mod uring {
         check_liburing_version(&include);
         compile_shim(&include);
         generate_bindings();
+        export_include();
     }
 
     /// True with the `test-support` feature: the shim's test hooks are compiled in.
@@ -113,7 +118,7 @@ mod uring {
             build.define(TEST_HOOKS_DEFINE, None);
         }
         build
-            .files(SHIM_SOURCES)
+            .file(SHIM_SOURCE)
             .include(SHIM_DIR)
             .flag("-isystem")
             .flag(
@@ -132,11 +137,8 @@ mod uring {
     /// Bindings for our own header only, restricted to the shim's names.
     fn generate_bindings() {
         let out = PathBuf::from(env::var_os("OUT_DIR").unwrap_or_else(|| fail("OUT_DIR unset")));
-        let bindings = SHIM_HEADERS
-            .iter()
-            .fold(bindgen::Builder::default(), |builder, header| {
-                builder.header(*header)
-            })
+        let bindings = bindgen::Builder::default()
+            .header(SHIM_HEADER)
             .clang_args(test_hooks().then(|| format!("-D{TEST_HOOKS_DEFINE}")))
             .allowlist_function("helix_.*")
             .allowlist_type("helix_.*")
@@ -148,13 +150,25 @@ mod uring {
             .generate()
             .unwrap_or_else(|error| {
                 fail(&format!(
-                    "bindgen failed on {SHIM_HEADERS:?}: {error}; bindgen needs libclang \
+                    "bindgen failed on {SHIM_HEADER}: {error}; bindgen needs libclang \
                      (run scripts/install-build-deps.sh)"
                 ))
             });
         bindings
             .write_to_file(out.join("helix_uring_bindings.rs"))
             .unwrap_or_else(|error| fail(&format!("cannot write bindings: {error}")));
+    }
+
+    /// Tells direct dependents where the shim's header is (DEP_HELIX_URING_INCLUDE, an absolute
+    /// path: their build scripts run in their own directories).
+    fn export_include() {
+        let manifest_dir =
+            env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| fail("CARGO_MANIFEST_DIR unset"));
+        let include = Path::new(&manifest_dir).join(SHIM_DIR);
+        let include = include
+            .to_str()
+            .unwrap_or_else(|| fail("non-UTF-8 path of the shim's directory"));
+        println!("cargo:include={include}");
     }
 
     fn fail(message: &str) -> ! {

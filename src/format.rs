@@ -4,8 +4,9 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::limits::{
-    MAX_LOG_INDEX, MAX_SEGMENT_ID, MAX_SEGMENT_SIZE_BYTES, MIN_SEGMENT_SIZE_BYTES,
-    RECORD_ALIGNMENT_BYTES, RECORD_HEADER_SIZE_BYTES, SEGMENT_HEADER_SIZE_BYTES,
+    HARD_MAX_ENTRY_SIZE_BYTES, MAX_LOG_INDEX, MAX_SEGMENT_ID, MAX_SEGMENT_SIZE_BYTES,
+    MAX_WRITE_ALIGNMENT_BYTES, MIN_SEGMENT_SIZE_BYTES, RECORD_ALIGNMENT_BYTES,
+    RECORD_HEADER_SIZE_BYTES, SEGMENT_HEADER_SIZE_BYTES,
 };
 
 /// Magic number at the start of every segment file.
@@ -293,6 +294,50 @@ pub fn commit_padding(end: u64, alignment: u64, capacity_bytes: u64) -> CommitPa
     }
 }
 
+/// The number of bytes the log writes to a segment for one durable append of a single entry
+/// with a `payload_bytes` payload, on a storage file that demands `write_alignment_bytes`
+/// ([`StorageFile::write_alignment`](crate::StorageFile::write_alignment): 1 for a buffered
+/// file, 4096 for the io_uring backend's direct I/O): the entry's record and, when the file
+/// demands an alignment, the padding record that ends the commit on the next boundary
+/// (docs/FORMAT.md, "Record"). This is the size of a commit that does not end its segment; the
+/// last commit of a segment may end in zeros instead of a padding record.
+///
+/// For benchmarks that compare the log with raw writes of the same size.
+///
+/// # Panics
+///
+/// If `payload_bytes` is above
+/// [`HARD_MAX_ENTRY_SIZE_BYTES`](crate::constants::HARD_MAX_ENTRY_SIZE_BYTES) (no log holds such
+/// an entry), or `write_alignment_bytes` is not a power of two up to
+/// [`MAX_WRITE_ALIGNMENT_BYTES`](crate::constants::MAX_WRITE_ALIGNMENT_BYTES).
+pub fn durable_append_bytes(payload_bytes: usize, write_alignment_bytes: u64) -> u64 {
+    assert!(
+        payload_bytes <= HARD_MAX_ENTRY_SIZE_BYTES,
+        "a payload of {payload_bytes} bytes is above the hard maximum entry size"
+    );
+    assert!(
+        write_alignment_bytes.is_power_of_two()
+            && write_alignment_bytes <= MAX_WRITE_ALIGNMENT_BYTES as u64,
+        "a write alignment of {write_alignment_bytes} bytes is not a power of two up to \
+         {MAX_WRITE_ALIGNMENT_BYTES}"
+    );
+    // Every commit starts on an alignment boundary (the one before it was padded to one), so
+    // the record ends where it would at the start of the segment's first block.
+    let record = record_size(payload_bytes) as u64;
+    match commit_padding(record, write_alignment_bytes, MAX_SEGMENT_SIZE_BYTES) {
+        CommitPadding::None => record,
+        CommitPadding::Record { payload_len } => record + record_size(payload_len) as u64,
+        CommitPadding::Zeros(_) => unreachable!("the largest segment has room for the padding"),
+    }
+}
+
+// The largest record and its padding (under two alignment units) fit in the largest segment, so
+// `durable_append_bytes` never meets the end of a segment.
+const _: () = assert!(
+    (RECORD_HEADER_SIZE_BYTES + HARD_MAX_ENTRY_SIZE_BYTES + 2 * MAX_WRITE_ALIGNMENT_BYTES) as u64
+        <= MAX_SEGMENT_SIZE_BYTES
+);
+
 /// The checksum of a record: seeded with the segment id, so records left over from another
 /// segment's life in the same bytes never validate.
 fn record_crc(segment_id: u64, header_tail_and_payload: &[u8]) -> u32 {
@@ -401,6 +446,55 @@ mod tests {
             commit_padding(capacity - 40, 4096, capacity),
             CommitPadding::Record { payload_len: 8 }
         );
+    }
+
+    // Proves `durable_append_bytes` counts what the log writes for one entry: the record alone
+    // without alignment; the record and its padding to the next 4096-byte block with direct
+    // I/O, a whole extra block when the gap is too short for a padding record's header. The
+    // figures are worked out by hand from docs/FORMAT.md.
+    #[test]
+    fn durable_append_bytes_follow_the_format() {
+        // 32-byte header + 4096 payload bytes; 32 + 100 = 132, padded to 136.
+        assert_eq!(durable_append_bytes(4096, 1), 4128);
+        assert_eq!(durable_append_bytes(100, 1), 136);
+        assert_eq!(durable_append_bytes(0, 1), 32);
+        // 4128 leaves 4064 bytes to the next block: a padding record fits.
+        assert_eq!(durable_append_bytes(4096, 4096), 8192);
+        assert_eq!(durable_append_bytes(100, 4096), 4096);
+        // 32 + 4048 = 4080 leaves 16 bytes, too short for a header: one more block.
+        assert_eq!(durable_append_bytes(4048, 4096), 8192);
+        // 32 + 4064 = 4096: already on a boundary, no padding.
+        assert_eq!(durable_append_bytes(4064, 4096), 4096);
+        assert_eq!(durable_append_bytes(100, 512), 512);
+        // The same as encoding the commit: one record, then `commit_padding`'s record.
+        for payload_bytes in (0..10_000).step_by(40) {
+            let mut buffer = BytesMut::new();
+            let entry = Entry::new(1, 1, vec![7u8; payload_bytes]);
+            encode_record(&mut buffer, 1, &entry, 0);
+            let end = buffer.len() as u64;
+            if let CommitPadding::Record { payload_len } = commit_padding(end, 4096, 1 << 20) {
+                encode_padding(&mut buffer, 1, payload_len);
+            }
+            assert_eq!(
+                buffer.len() as u64,
+                durable_append_bytes(payload_bytes, 4096)
+            );
+            assert_eq!(buffer.len() % 4096, 0);
+        }
+    }
+
+    // Proves `durable_append_bytes` refuses a payload above the hard maximum: no log writes it.
+    #[test]
+    #[should_panic(expected = "hard maximum")]
+    fn durable_append_bytes_refuse_an_impossible_payload() {
+        durable_append_bytes(HARD_MAX_ENTRY_SIZE_BYTES + 1, 1);
+    }
+
+    // Proves `durable_append_bytes` refuses an alignment no storage file may demand.
+    #[test]
+    #[should_panic(expected = "not a power of two")]
+    fn durable_append_bytes_refuse_an_impossible_alignment() {
+        durable_append_bytes(100, 3000);
     }
 
     // Proves a header survives an encode/decode round trip and that a flipped byte anywhere in

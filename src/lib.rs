@@ -29,12 +29,10 @@ mod storage;
 mod wal;
 
 pub use error::{WalError, WalResult};
-pub use format::Entry;
+pub use format::{durable_append_bytes, Entry};
 #[cfg(feature = "metrics")]
 pub use metrics_export::{export_metrics, METRIC_LABEL};
 pub use stats::{GroupCommitStats, LatencyHistogram, WalStats};
-#[cfg(feature = "baselines")]
-pub use storage::NaiveTokioStorage;
 pub use storage::{
     create_storage, create_storage_with, CheckedFile, CheckedStorage, CrashReport, DirLock,
     FaultConfig, FaultCounters, FaultKind, NoSpaceScope, OneShotFault, SimRng, SimulatedConfig,
@@ -42,10 +40,7 @@ pub use storage::{
     LOCK_FILE_NAME,
 };
 #[cfg(all(target_os = "linux", feature = "io-uring"))]
-pub use storage::{
-    io_uring_limits, run_c_floor, CFloorMode, CFloorRun, IoUringConfig, IoUringStats,
-    IoUringWorkerStorage, TaskRun,
-};
+pub use storage::{io_uring_limits, IoUringConfig, IoUringStats, IoUringWorkerStorage, TaskRun};
 pub use wal::config::{RecoveryMode, WalConfig};
 pub use wal::recovery::{RecoveryCut, RecoveryReport};
 pub use wal::{BufferedWal, BufferedWalConfig, SegmentInfo, Wal};

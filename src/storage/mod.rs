@@ -59,19 +59,14 @@ mod blocking;
 mod checked;
 #[cfg(all(target_os = "linux", feature = "io-uring"))]
 mod io_uring;
-#[cfg(feature = "baselines")]
-mod naive_tokio;
 mod simulated;
 mod tokio_storage;
 
 pub use checked::{CheckedFile, CheckedStorage};
 #[cfg(all(target_os = "linux", feature = "io-uring"))]
 pub use io_uring::{
-    limits as io_uring_limits, run_c_floor, CFloorMode, CFloorRun, IoUringConfig, IoUringStats,
-    IoUringWorkerStorage, TaskRun,
+    limits as io_uring_limits, IoUringConfig, IoUringStats, IoUringWorkerStorage, TaskRun,
 };
-#[cfg(feature = "baselines")]
-pub use naive_tokio::NaiveTokioStorage;
 pub use simulated::{
     CrashReport, FaultConfig, FaultCounters, FaultKind, NoSpaceScope, OneShotFault, SimRng,
     SimulatedConfig, SimulatedStorage,

@@ -117,18 +117,6 @@ impl Harness {
         Self::io_uring_with(helix_wal::IoUringConfig::default()).map(|(harness, _storage)| harness)
     }
 
-    /// The naive tokio::fs baseline on a fresh temporary directory.
-    #[cfg(feature = "baselines")]
-    pub fn naive_tokio() -> Harness {
-        let temp = tempfile::tempdir().expect("create temporary directory");
-        Harness {
-            storage: Arc::new(helix_wal::NaiveTokioStorage::new()),
-            dir: temp.path().join("log"),
-            simulated: None,
-            _temp: Some(temp),
-        }
-    }
-
     /// SimulatedStorage seeded by [`simulation_seed`]. Like a fresh temporary directory, the
     /// parent of `dir` exists durably; `dir` itself does not exist yet.
     pub fn simulated() -> Harness {
@@ -216,10 +204,6 @@ macro_rules! for_each_backend {
         #[cfg(all(target_os = "linux", feature = "io-uring"))]
         $crate::backend_module!(
             io_uring_backend, $crate::common::Harness::io_uring(), $cases; $($case),*
-        );
-        #[cfg(feature = "baselines")]
-        $crate::backend_module!(
-            naive_tokio_backend, Some($crate::common::Harness::naive_tokio()), $cases; $($case),*
         );
     };
 }

@@ -15,7 +15,6 @@ mod affinity;
 mod aligned;
 mod config;
 mod file;
-mod floor;
 mod ring;
 mod shared;
 mod sys;
@@ -30,7 +29,6 @@ use async_trait::async_trait;
 
 pub use config::{IoUringConfig, TaskRun};
 use file::IoUringFile;
-pub use floor::{run_c_floor, CFloorMode, CFloorRun};
 use shared::{Owned, Request, SHUTDOWN_WHAT};
 use worker::Worker;
 
@@ -48,7 +46,6 @@ pub mod limits {
         MAX_REGISTERED_BUFFER_COUNT, MAX_REGISTERED_POOL_BYTES, MAX_SQPOLL_IDLE_MS, MAX_SQ_ENTRIES,
         MIN_SQ_ENTRIES, REGISTERED_BUFFER_ALIGNMENT_BYTES,
     };
-    pub use super::floor::MAX_FLOOR_OPERATIONS;
 }
 
 /// The io_uring storage backend: one ring on a dedicated thread, shared by every file.

@@ -1,6 +1,7 @@
 //! The C-level floors of the single-durable workload: raw durable-write loops in C
-//! (`helix_wal::run_c_floor`) and the same loop through a storage backend's file, writing, per
-//! operation, exactly the bytes the log writes per durable append of the same payload.
+//! (`crate::c_floor::run_c_floor`) and the same loop through a storage backend's file, writing,
+//! per operation, exactly the bytes the log writes per durable append of the same payload
+//! (`helix_wal::durable_append_bytes`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,27 +12,6 @@ use helix_wal::Storage;
 use super::{Backend, Sample, Setup};
 use crate::Failure;
 
-/// The bytes the log writes for one durable append of `payload_bytes`: one record (a 32-byte
-/// header, the payload, padding to 8 bytes), and in direct I/O mode a padding record up to the
-/// next 4096-byte block (a whole extra block when the gap is too short for a record header).
-fn commit_bytes(payload_bytes: usize, direct: bool) -> u32 {
-    /// Record header, alignment of records, and of direct I/O writes (docs/FORMAT.md).
-    const HEADER: usize = 32;
-    const RECORD_ALIGNMENT: usize = 8;
-    const BLOCK: usize = 4096;
-    let record = (HEADER + payload_bytes).next_multiple_of(RECORD_ALIGNMENT);
-    let bytes = if direct {
-        let padded = record.next_multiple_of(BLOCK);
-        match padded - record {
-            gap if gap > 0 && gap < HEADER => padded + BLOCK,
-            _ => padded,
-        }
-    } else {
-        record
-    };
-    u32::try_from(bytes).unwrap_or(u32::MAX)
-}
-
 /// One run of a floor on a fresh file the size of a segment.
 #[cfg(all(target_os = "linux", feature = "io-uring"))]
 pub(super) async fn run(
@@ -39,7 +19,7 @@ pub(super) async fn run(
     setup: &Setup,
     duration: Duration,
 ) -> Result<Sample, Failure> {
-    use helix_wal::CFloorMode;
+    use crate::c_floor::{run_c_floor, CFloorMode};
     let mode = match backend {
         Backend::CPwrite => CFloorMode::PwriteFdatasync,
         Backend::CUring => CFloorMode::UringLinked,
@@ -54,11 +34,19 @@ pub(super) async fn run(
     let dir = setup.fresh_dir("floor");
     std::fs::create_dir_all(&dir).map_err(|error| Failure::usage(error.to_string()))?;
     let path = dir.join("floor.dat");
-    let write_bytes = commit_bytes(setup.payload.len(), mode.is_direct());
+    // The direct modes write as the io_uring backend's direct I/O files demand.
+    let write_alignment_bytes = if mode.is_direct() {
+        u64::from(helix_wal::io_uring_limits::DIRECT_IO_ALIGNMENT_BYTES)
+    } else {
+        1
+    };
+    let write_bytes = helix_wal::durable_append_bytes(setup.payload.len(), write_alignment_bytes);
+    let write_bytes = u32::try_from(write_bytes)
+        .map_err(|_| Failure::usage("the payload is too large for a C-level floor"))?;
     let file_bytes = setup.segment_size_bytes;
     let cpu_before = super::process_cpu_time();
     let result = tokio::task::spawn_blocking(move || {
-        helix_wal::run_c_floor(&path, mode, write_bytes, file_bytes, duration)
+        run_c_floor(&path, mode, write_bytes, file_bytes, duration)
     })
     .await
     .map_err(|error| Failure::usage(error.to_string()))?;
@@ -113,10 +101,7 @@ pub(super) async fn file_loop(
         offset += length as u64;
     }
     file.sync().await?;
-    let write_bytes = u64::from(commit_bytes(
-        setup.payload.len(),
-        file.write_alignment() > 1,
-    ));
+    let write_bytes = helix_wal::durable_append_bytes(setup.payload.len(), file.write_alignment());
     let data = Bytes::from(vec![0xA5u8; write_bytes as usize]);
     let slots = (file_bytes / write_bytes).max(1);
     let cpu_before = super::process_cpu_time();
@@ -142,19 +127,4 @@ pub(super) async fn file_loop(
     let elapsed = started.elapsed();
     let cpu = super::process_cpu_time().saturating_sub(cpu_before);
     Ok(Sample::new(latencies_ns, setup.payload.len(), elapsed, cpu))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::commit_bytes;
-
-    // Proves the floor writes what the log writes: a 4 KiB payload is a 4128-byte record, and
-    // two blocks when padded for direct I/O; small payloads pad to one block.
-    #[test]
-    fn commit_bytes_match_the_format() {
-        assert_eq!(commit_bytes(4096, false), 4128);
-        assert_eq!(commit_bytes(4096, true), 8192);
-        assert_eq!(commit_bytes(100, true), 4096);
-        assert_eq!(commit_bytes(4048, true), 8192);
-    }
 }

@@ -10,12 +10,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{Args, ValueEnum};
-use helix_wal::{
-    BufferedWal, BufferedWalConfig, Entry, NaiveTokioStorage, Storage, TokioStorage, Wal, WalConfig,
-};
+use helix_wal::{BufferedWal, BufferedWalConfig, Entry, Storage, TokioStorage, Wal, WalConfig};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
+use crate::naive_tokio::NaiveTokioStorage;
 use crate::ring_report::{RingProbe, RingReports};
 use crate::Failure;
 

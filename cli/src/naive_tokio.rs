@@ -8,18 +8,19 @@
 //! only after fdatasync). tokio::fs finishes a call whose future was dropped in the background
 //! and may drop its error, so a write-class call abandoned before it completed makes every later
 //! one fail: its outcome is unknown.
+//!
+//! Built on the library's public API only (it lives in the tool, not in the library), and held
+//! to the same storage contract: the tests below run the library's conformance suite on it.
 
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use helix_wal::{DirLock, Storage, StorageFile, TokioStorage, WalError, WalResult};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::Mutex;
-
-use super::{DirLock, Storage, StorageFile, TokioStorage};
-use crate::error::{Poison, WalError, WalResult};
 
 /// The plan's original tokio::fs design, kept as a benchmark baseline. Directory operations are
 /// delegated to [`TokioStorage`].
@@ -106,8 +107,9 @@ impl Storage for NaiveTokioStorage {
 struct NaiveFile {
     file: Mutex<tokio::fs::File>,
     path: PathBuf,
-    /// Set when a write-class call was abandoned before it completed.
-    abandoned: Poison,
+    /// Set, to the error it stands for, when a write-class call was abandoned before it
+    /// completed.
+    abandoned: OnceLock<Arc<WalError>>,
 }
 
 impl NaiveFile {
@@ -119,7 +121,7 @@ impl NaiveFile {
         Ok(Arc::new(NaiveFile {
             file: Mutex::new(opened.map_err(|source| WalError::io("open", path, source))?),
             path: path.to_path_buf(),
-            abandoned: Poison::new(),
+            abandoned: OnceLock::new(),
         }))
     }
 
@@ -131,7 +133,11 @@ impl NaiveFile {
         op: &'static str,
         call: impl std::future::Future<Output = std::io::Result<()>>,
     ) -> WalResult<()> {
-        self.abandoned.check()?;
+        if let Some(first_failure) = self.abandoned.get() {
+            return Err(WalError::Poisoned {
+                first_failure: Arc::clone(first_failure),
+            });
+        }
         let mut watch = AbandonWatch {
             file: self,
             op,
@@ -157,7 +163,8 @@ impl Drop for AbandonWatch<'_> {
                 "abandoned before it completed; tokio::fs may have dropped its outcome",
             );
             let error = WalError::io(self.op, &self.file.path, unknown);
-            drop(self.file.abandoned.poison(error));
+            // The first abandoned call is the one to name; a later one finds the file refused.
+            let _ = self.file.abandoned.set(Arc::new(error));
         }
     }
 }
@@ -180,7 +187,7 @@ impl StorageFile for NaiveFile {
 
     async fn read_at(&self, offset: u64, len: usize) -> WalResult<Bytes> {
         let mut file = self.file.lock().await;
-        if self.abandoned.is_poisoned() {
+        if self.abandoned.get().is_some() {
             // tokio::fs hands the error of an abandoned seek to the next call that waits for
             // it: wait for it here, so that this read reports its own outcome.
             let _ = file.seek(SeekFrom::Current(0)).await;
@@ -231,13 +238,49 @@ impl StorageFile for NaiveFile {
             .map_err(|source| WalError::io("evict cache", &self.path, source))?
             .into_std()
             .await;
-        super::blocking::run("evict cache", &self.path, move || {
-            super::evict_file_cache(&duplicate)
-        })
-        .await
+        let evicted = tokio::task::spawn_blocking(move || evict_file_cache(&duplicate)).await;
+        evicted
+            .unwrap_or_else(|join_error| {
+                Err(std::io::Error::other(format!(
+                    "blocking task failed: {join_error}"
+                )))
+            })
+            .map_err(|source| WalError::io("evict cache", &self.path, source))
     }
 
     fn write_alignment(&self) -> u64 {
         1
+    }
+}
+
+/// Drops the clean cached pages of `file` (POSIX_FADV_DONTNEED on Linux; nothing elsewhere).
+fn evict_file_cache(file: &std::fs::File) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed)?;
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use helix_wal::conformance::{run_all, Target};
+    use helix_wal::Storage;
+
+    use super::NaiveTokioStorage;
+
+    // Proves the baseline keeps every clause of the storage contract, as the library's backends
+    // do: runs every case of the library's conformance suite on it, in a fresh temporary
+    // directory whose entry is durable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keeps_the_storage_contract() {
+        let temporary = tempfile::tempdir().expect("create a temporary directory");
+        let scratch = temporary.path().join("conformance");
+        let storage = Arc::new(NaiveTokioStorage::new());
+        storage.create_dir_all(&scratch).await.unwrap();
+        storage.sync_dir(temporary.path()).await.unwrap();
+        run_all(&Target::new(storage, scratch)).await;
     }
 }

@@ -3,7 +3,10 @@
 //! Exit codes: 0 success; 1 the log is damaged (verify found corruption); 2 usage or I/O error.
 
 mod bench;
+#[cfg(all(target_os = "linux", feature = "io-uring"))]
+mod c_floor;
 mod inspect;
+mod naive_tokio;
 mod ring_report;
 
 use std::path::PathBuf;
