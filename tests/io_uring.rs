@@ -22,41 +22,14 @@ use helix_wal::{
     WalError,
 };
 
+use crate::common::ring::{buffered, pattern, wait_until_idle, IDLE_WAIT_LIMIT};
 use crate::common::Harness;
-
-/// Upper bound of any wait for the ring to go idle; reaching it is a hang, not slowness.
-const IDLE_WAIT_LIMIT: Duration = Duration::from_secs(60);
 
 /// A page, the granularity of the short-write test hook.
 const PAGE_BYTES: usize = 4096;
 
-/// The default configuration with buffered writes (and linked fsyncs) instead of direct I/O,
-/// even for files from `open_direct`.
-fn buffered() -> IoUringConfig {
-    IoUringConfig {
-        direct_io: false,
-        ..IoUringConfig::default()
-    }
-}
-
 fn harness_with(config: IoUringConfig) -> Option<(Harness, IoUringWorkerStorage)> {
     Harness::io_uring_with(config)
-}
-
-/// Waits (yielding, not sleeping) until the ring has finished every request it started.
-async fn wait_until_idle(storage: &IoUringWorkerStorage) -> IoUringStats {
-    let start = Instant::now();
-    loop {
-        let stats = storage.stats();
-        if stats.in_flight == 0 && stats.requests_completed == stats.requests_started {
-            return stats;
-        }
-        assert!(
-            start.elapsed() < IDLE_WAIT_LIMIT,
-            "the ring never went idle: {stats:?}"
-        );
-        tokio::task::yield_now().await;
-    }
 }
 
 /// Waits (yielding) until the ring has completed at least `count` requests in all.
@@ -73,13 +46,6 @@ async fn wait_for_completions(storage: &IoUringWorkerStorage, count: u64) -> IoU
         );
         tokio::task::yield_now().await;
     }
-}
-
-/// Data whose bytes depend on a seed and their position, so any mix-up shows.
-fn pattern(seed: u32, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|position| (seed.wrapping_mul(31).wrapping_add(position as u32 / 7) % 251) as u8)
-        .collect()
 }
 
 /// An owner of write data that records when it is dropped (the buffer is freed).
@@ -134,39 +100,6 @@ async fn operations_go_through_the_ring() {
             10
         );
     }
-}
-
-// Proves the ring thread submits a request and waits for it in one io_uring_enter: a writer
-// issuing durable writes one after another costs about two enters per write (the submit and
-// wait, and the sleep until the next request; fewer when the next arrives first). Before the
-// two were merged it took three. The bound allows a rare extra enter: when the writer queues
-// its next request just as the ring announces its sleep, both sides see each other and the
-// ring stays awake for one more round (the wake-up it was sent ends its next wait at once).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lone_writer_needs_about_two_enters_per_write() {
-    let Some((harness, storage)) = harness_with(IoUringConfig::default()) else {
-        return;
-    };
-    harness.storage.create_dir_all(&harness.dir).await.unwrap();
-    let path = harness.dir.join("a");
-    let file = harness.storage.open_direct(&path).await.unwrap();
-    let alignment = file.write_alignment().max(1) as usize;
-    let length = 4096usize.next_multiple_of(alignment);
-    let before = wait_until_idle(&storage).await;
-    const WRITES: u64 = 200;
-    for round in 0..WRITES {
-        let data = Bytes::from(pattern(round as u32, length));
-        file.write_at_and_sync(round * length as u64, data)
-            .await
-            .unwrap();
-    }
-    let after = wait_until_idle(&storage).await;
-    let enters = after.enter_calls - before.enter_calls;
-    // Three per write (the old protocol) would be 600.
-    assert!(
-        enters <= 5 * WRITES / 2,
-        "{enters} enters for {WRITES} writes"
-    );
 }
 
 // Proves the batch size bound: with max_batch = 4 and a long gathering window, 32 concurrent
@@ -745,61 +678,6 @@ async fn sqpoll_is_used_or_falls_back() {
     for round in 0..16u64 {
         let read = file.read_at(round * 3000, 3000).await.unwrap();
         assert_eq!(read, pattern(round as u32, 3000));
-    }
-}
-
-// Proves the idle spin: a ring thread that polls its queue for a while before sleeping takes
-// requests queued meanwhile without being woken (spins_rewarded counts them), and every
-// operation still completes with the right data; without the spin nothing is counted.
-//
-// Each request is queued a fixed pause after the previous one completed. The pause is far longer
-// than the ring thread needs to go from reaping a completion to looking for work (a few
-// microseconds), so the ring is idle when the request arrives; and far shorter than the spin, so
-// a spinning ring is still looking. Without the pause a fast producer's request is often already
-// queued when the ring looks, and the spin is never needed: that is what the test must not
-// depend on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_spin_takes_requests_without_a_wake_up() {
-    const ROUNDS: u64 = 64;
-    const PAUSE: Duration = Duration::from_micros(150);
-    const _: () = assert!(
-        (PAUSE.as_micros() as u32) * 4 < helix_wal::io_uring_limits::MAX_IDLE_SPIN_US,
-        "the pause must fit well inside the spin"
-    );
-    for spin_us in [0, helix_wal::io_uring_limits::MAX_IDLE_SPIN_US] {
-        let config = IoUringConfig {
-            idle_spin_us: spin_us,
-            ..buffered()
-        };
-        let Some((harness, storage)) = harness_with(config) else {
-            return;
-        };
-        harness.storage.create_dir_all(&harness.dir).await.unwrap();
-        let file = harness.storage.open(&harness.dir.join("a")).await.unwrap();
-        for round in 0..ROUNDS {
-            let data = Bytes::from(pattern(round as u32, 512));
-            // Blocking on purpose: a timer would round up to a millisecond, past the spin.
-            std::thread::sleep(PAUSE);
-            file.write_at(round * 512, data).await.unwrap();
-        }
-        let read = file.read_at(0, ROUNDS as usize * 512).await.unwrap();
-        for round in 0..ROUNDS as usize {
-            assert_eq!(
-                &read[round * 512..(round + 1) * 512],
-                &pattern(round as u32, 512)[..]
-            );
-        }
-        let stats = wait_until_idle(&storage).await;
-        if spin_us == 0 {
-            assert_eq!(stats.spins_rewarded, 0, "{stats:?}");
-            // The ring slept through each pause, so most requests needed a wake-up.
-            assert!(stats.wakeups_sent >= ROUNDS / 2, "{stats:?}");
-        } else {
-            // Most pauses end inside the spin (64 of 64 on an idle 2-vCPU machine, 51 or more
-            // with both vCPUs busy elsewhere); a round is missed only when this thread is
-            // descheduled for the rest of the millisecond.
-            assert!(stats.spins_rewarded >= ROUNDS / 4, "{stats:?}");
-        }
     }
 }
 

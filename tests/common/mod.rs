@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod instrumented;
+#[cfg(all(target_os = "linux", feature = "io-uring"))]
+pub mod ring;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
