@@ -77,7 +77,7 @@ pub struct BenchArgs {
 pub enum Backend {
     /// TokioStorage: one blocking-pool hop per operation, positional I/O.
     Tokio,
-    /// The plan's original design: Mutex<tokio::fs::File>, seek + write_all + sync_data.
+    /// The straightforward tokio::fs design: Mutex<tokio::fs::File>, seek + write_all + sync_data.
     NaiveTokioFs,
     /// IoUringWorkerStorage as configured by default: one io_uring on a dedicated thread,
     /// direct I/O (`O_DIRECT | O_DSYNC` writes from aligned buffers, durable on completion, no

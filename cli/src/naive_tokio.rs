@@ -1,10 +1,10 @@
 //! `NaiveTokioStorage`: the historical baseline for benchmarks, not for production.
 //!
-//! It does what the original TokioStorage of the io_uring plan did: a `tokio::fs::File` behind a
+//! It does what a first, straightforward TokioStorage would do: a `tokio::fs::File` behind a
 //! `Mutex`, a seek before every read and write, `write_all`, then `sync_data` — three or four
 //! hops onto tokio's blocking pool per durable append, all serialized by the lock. The
-//! benchmarks compare every backend against it because the plan's "20-50% improvement" target
-//! was stated against this design. Durability is the same as every backend's (a sync returns
+//! benchmarks compare every backend against it because the io_uring backend's targets (a
+//! 20-50% improvement) were first stated against this design. Durability is the same as every backend's (a sync returns
 //! only after fdatasync). tokio::fs finishes a call whose future was dropped in the background
 //! and may drop its error, so a write-class call abandoned before it completed makes every later
 //! one fail: its outcome is unknown.
@@ -22,7 +22,7 @@ use helix_wal::{DirLock, Storage, StorageFile, TokioStorage, WalError, WalResult
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
-/// The plan's original tokio::fs design, kept as a benchmark baseline. Directory operations are
+/// The straightforward tokio::fs design, kept as a benchmark baseline. Directory operations are
 /// delegated to [`TokioStorage`].
 #[derive(Debug, Default, Clone)]
 pub struct NaiveTokioStorage {
